@@ -152,6 +152,7 @@ class Engine:
         s.tokens_in += result.tokens_in
         s.tokens_out += result.tokens_out
         s.cost += cost
+        result.extra["cost"] = cost
         if self.on_call:
             self.on_call(result)
         return result

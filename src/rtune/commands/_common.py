@@ -1,0 +1,45 @@
+"""Options shared by every command that talks to an oracle / judge / generator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_oracle_arguments(p: argparse.ArgumentParser, *, flag: str = "--oracle",
+                         default: str = "local") -> None:
+    g = p.add_argument_group("model endpoint")
+    g.add_argument(flag, default=default, metavar="SPEC",
+                   help="'local' (embedded SmolLM2-135M-Instruct, no key, no network), "
+                   "'local:/path' (HF folder or .gguf), 'llamacpp', or the base URL of an "
+                   "OpenAI-compatible server, e.g. https://api.openai.com/v1 or "
+                   "http://127.0.0.1:8000/v1 (vLLM, Ollama, llama.cpp, TGI)")
+    g.add_argument("--model", default=None,
+                   help="model name on the server (required for URLs), e.g. gpt-4o-mini")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
+                   help="environment variable holding the API key (the key is never logged "
+                   "or stored)")
+    g.add_argument("--concurrency", type=int, default=16,
+                   help="requests in flight at once (sliding window)")
+    g.add_argument("--rpm", type=float, default=None, help="requests-per-minute limit")
+    g.add_argument("--tpm", type=float, default=None, help="tokens-per-minute limit")
+    g.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    g.add_argument("--max-retries", type=int, default=6,
+                   help="retries per call on 429/5xx/timeouts/bad bodies (exponential backoff "
+                   "with jitter, honouring Retry-After)")
+    g.add_argument("--context-length", type=int, default=None,
+                   help="the oracle's context window in tokens (local models know theirs); "
+                   "longer records get their answer cut to fit, recorded")
+    g.add_argument("--batch-size", type=int, default=8, help="local models: generation batch")
+    g.add_argument("--prices", default=None, metavar="FILE",
+                   help='JSON {"model": [usd_in_per_1M, usd_out_per_1M]} overriding the '
+                   "built-in price list")
+    g.add_argument("--price-in", type=float, default=None, help="USD per 1M input tokens")
+    g.add_argument("--price-out", type=float, default=None, help="USD per 1M output tokens")
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False, default=str)
+    sys.stdout.write("\n")

@@ -1,0 +1,342 @@
+"""``rtune recycle``: the reflection stages of Reflection-Tuning over any oracle.
+
+For each source record: (optional) compress → instruction reflection ("ins") and response
+reflection ("res") side by side → response reflection of the ins result ("both"). Every
+candidate is committed to the run store as soon as it exists; a rerun skips what is done and
+replays finished oracle calls from the store, so nothing is paid twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .io import read_records, write_records
+from .oracle import Engine, EngineConfig, PermanentError, TransientError, make_backend
+from .oracle.base import Backend, ChatRequest
+from .oracle.pricing import Prices
+from .parse import parse_sections
+from .progress import RunProgress
+from .prompts import Prompt, load_prompt
+from .records import Record
+from .recycle_config import STAGE_KIND, RecycleConfig
+from .store import RunStore
+
+log = logging.getLogger(__name__)
+
+MIN_ANSWER_TOKENS = 256  # room the oracle keeps for its reply when a record is cut to fit
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    prompt: str
+    fields: dict[str, str]  # marker label -> Record field it fills
+
+
+STAGE_SPECS = {
+    "compress": StageSpec("compress", {"Merged Instruction": "instruction"}),
+    "instruction": StageSpec("reflect_instruction",
+                             {"New Instruction": "instruction", "New Answer": "output"}),
+    "response": StageSpec("reflect_response", {"Better Answer": "output"}),
+    "both": StageSpec("reflect_response", {"Better Answer": "output"}),
+}
+
+
+@dataclass
+class RecycleSummary:
+    run_dir: str
+    records: int
+    candidates: dict[str, dict[str, int]]
+    failures: dict[str, int]
+    invalid: int
+    calls: dict[str, Any]
+    output: str | None = None
+
+
+class Recycler:
+    """Holds a run's prompts, engine and store; ``process`` recycles one source record."""
+
+    def __init__(self, config: RecycleConfig, store: RunStore, backend: Backend,
+                 progress: RunProgress | None = None):
+        self.config = config
+        self.store = store
+        self.backend = backend
+        self.progress = progress
+        prices = Prices.load(config.prices_file, model=config.model_name,
+                             price_in=config.price_in, price_out=config.price_out)
+        self.engine = Engine(backend, store, EngineConfig(
+            concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm,
+            max_retries=config.max_retries, timeout=config.timeout, prices=prices),
+            on_call=progress.add_call if progress else None)
+        self.prompts: dict[str, Prompt] = {
+            spec.prompt: load_prompt(spec.prompt, config.prompts_dir)
+            for name, spec in STAGE_SPECS.items() if name in config.stages}
+        self.reask_prompt = load_prompt("reask", config.prompts_dir)
+        self.context_length = config.context_length or getattr(backend, "context_length", None)
+
+    # ------------------------------------------------------------ one record
+    async def process(self, rec: Record) -> None:
+        try:
+            await self._process(rec)
+        finally:
+            if self.progress:
+                self.progress.advance()
+
+    async def _process(self, rec: Record) -> None:
+        store, stages = self.store, self.config.stages
+        if store.get_candidate(rec.source_index, "orig") is None:
+            orig = dataclasses.replace(rec, kind="orig")
+            if rec.is_multi_turn:
+                orig.parse_status, orig.fallback_reason = "skipped", "multi_turn: passed through"
+            store.put_candidate(orig)
+        if rec.is_multi_turn:
+            return
+        base = rec
+        if "compress" in stages and rec.input.strip():
+            base = await self._stage(rec, "compress")
+            if base is None:
+                return
+        tasks = {}
+        if "instruction" in stages:
+            tasks["ins"] = asyncio.ensure_future(self._stage(base, "instruction"))
+        if "response" in stages:
+            tasks["res"] = asyncio.ensure_future(self._stage(base, "response"))
+        if "reflection-format" in stages:
+            tasks["reflection"] = asyncio.ensure_future(self._reflection_format(base))
+        try:
+            results = dict(zip(tasks, await asyncio.gather(*tasks.values())))
+        except BaseException:
+            for t in tasks.values():
+                t.cancel()
+            raise
+        if "both" in stages and results.get("ins") is not None:
+            await self._stage(results["ins"], "both")
+
+    async def _stage(self, base: Record, stage: str) -> Record | None:
+        """One reflection stage on ``base``; None when the oracle failed (retried next run)."""
+        kind = STAGE_KIND[stage]
+        done = self.store.get_candidate(base.source_index, kind)
+        if done is not None:
+            return done
+        spec = STAGE_SPECS[stage]
+        prompt = self.prompts[spec.prompt]
+        source, cut_note = self._fit_context(base, prompt, stage)
+        messages = prompt.messages(with_example=self.config.use_example,
+                                   **self._variables(source, stage))
+        try:
+            raws, parsed = await self._ask(messages, prompt, stage)
+        except (TransientError, PermanentError) as e:
+            if isinstance(e, PermanentError) and e.reason == "context_length" and not cut_note:
+                half = dataclasses.replace(source, output=source.output[: len(source.output) // 2])
+                messages = prompt.messages(with_example=self.config.use_example,
+                                           **self._variables(half, stage))
+                cut_note = "answer cut in half after a context-length error"
+                try:
+                    raws, parsed = await self._ask(messages, prompt, stage)
+                except (TransientError, PermanentError) as e2:
+                    log.warning("record %d %s failed: %s", base.source_index, stage, e2)
+                    return None
+            else:
+                log.warning("record %d %s failed: %s", base.source_index, stage, e)
+                return None
+        cand = self._candidate(base, stage, kind, prompt, raws, parsed, cut_note)
+        self.store.put_candidate(cand)
+        return cand
+
+    async def _ask(self, messages: list[dict[str, str]], prompt: Prompt,
+                   stage: str) -> tuple[list[str], dict[str, str | None]]:
+        """Ask, parse, and re-ask (bounded) for the parts that are missing."""
+        request = self._request(messages)
+        result = await self.engine.complete(request, stage=stage)
+        raws = [result.text]
+        parsed = parse_sections(result.text, prompt.labels, prompt.echo_phrases)
+        fields = dict(parsed.fields)
+        reasons = dict(parsed.reasons)
+        for _ in range(self.config.reask):
+            if not reasons:
+                break
+            follow = self.reask_prompt.render_user(missing=list(reasons))
+            messages = [*messages, {"role": "assistant", "content": result.text},
+                        {"role": "user", "content": follow}]
+            result = await self.engine.complete(self._request(messages), stage=f"{stage}:reask")
+            raws.append(result.text)
+            again = parse_sections(result.text, tuple(reasons), prompt.echo_phrases)
+            for label in list(reasons):
+                if again.fields.get(label) is not None:
+                    fields[label] = again.fields[label]
+                    del reasons[label]
+                else:
+                    reasons[label] = again.reasons[label]
+        fields["__reasons__"] = reasons  # type: ignore[assignment]
+        return raws, fields
+
+    def _request(self, messages: list[dict[str, str]]) -> ChatRequest:
+        c = self.config
+        max_tokens = c.max_tokens
+        if self.context_length:
+            used = self.backend.count_tokens("".join(m["content"] for m in messages))
+            used += 8 * len(messages)
+            max_tokens = max(16, min(max_tokens, self.context_length - used))
+        return ChatRequest(messages=messages, model=c.model_name, temperature=c.temperature,
+                           top_p=c.top_p, max_tokens=max_tokens)
+
+    def _fit_context(self, rec: Record, prompt: Prompt,
+                     stage: str) -> tuple[Record, str | None]:
+        """Cut the answer so prompt + reply fit the oracle's window (as the paper did)."""
+        if not self.context_length:
+            return rec, None
+        budget = self.context_length - min(self.config.max_tokens, MIN_ANSWER_TOKENS)
+        cut = False
+        for _ in range(4):
+            messages = prompt.messages(with_example=self.config.use_example,
+                                       **self._variables(rec, stage))
+            used = self.backend.count_tokens("".join(m["content"] for m in messages))
+            used += 8 * len(messages)
+            if used <= budget:
+                break
+            answer_tokens = max(1, self.backend.count_tokens(rec.output))
+            keep = max(0, answer_tokens - (used - budget) - 8)
+            rec = dataclasses.replace(rec, output=rec.output[: len(rec.output) * keep
+                                                             // answer_tokens])
+            cut = True
+        else:
+            return rec, "answer cut, and the record still exceeds the oracle's context"
+        return rec, "answer cut to fit the oracle's context" if cut else None
+
+    @staticmethod
+    def _variables(rec: Record, stage: str) -> dict[str, Any]:
+        if stage == "instruction":
+            return {"instruction": rec.prompt_text, "input": "", "output": rec.output}
+        return {"instruction": rec.instruction, "input": rec.input, "output": rec.output}
+
+    def _candidate(self, base: Record, stage: str, kind: str, prompt: Prompt, raws: list[str],
+                   fields: dict[str, Any], cut_note: str | None) -> Record:
+        reasons: dict[str, str] = fields.pop("__reasons__")
+        spec = STAGE_SPECS[stage]
+        changes: dict[str, Any] = {}
+        for label, field in spec.fields.items():
+            if fields.get(label) is not None:
+                changes[field] = fields[label]
+        if stage in ("compress", "instruction") and "instruction" in changes:
+            changes["input"] = ""  # the new instruction stands alone
+        if len(reasons) == 0:
+            status = "ok"
+        elif len(reasons) == len(spec.fields):
+            status = "fallback"
+        else:
+            status = "partial"
+        notes = [f"{label}: {why}, kept the original" for label, why in reasons.items()]
+        if len(raws) > 1:
+            notes.append(f"re-asked {len(raws) - 1}x")
+        if cut_note:
+            notes.append(cut_note)
+        cand = base.derive(
+            kind, oracle_model=self.config.model_name, prompt_id=prompt.id,
+            prompt_version=prompt.version, raw="\n\n--- re-ask ---\n\n".join(raws),
+            parse_status=status, fallback_reason="; ".join(notes) or None, **changes)
+        cand.extra = {"derived_from": base.kind}
+        return cand
+
+    async def _reflection_format(self, base: Record) -> Record | None:
+        from . import reflection  # the Reflection 70B format stage (issue 7)
+
+        done = self.store.get_candidate(base.source_index, "reflection")
+        if done is not None:
+            return done
+        prompt = load_prompt("reflection_format", self.config.prompts_dir)
+        request = reflection.build_reflection_request(base, prompt, self.config.model_name)
+        try:
+            result = await self.engine.complete(request, stage="reflection-format")
+        except (TransientError, PermanentError):
+            return None
+        cand = reflection.parse_reflection_reply(base, result.text)
+        cand.oracle_model, cand.prompt_id = self.config.model_name, prompt.id
+        cand.prompt_version, cand.raw = prompt.version, result.text
+        self.store.put_candidate(cand)
+        return cand
+
+
+# ---------------------------------------------------------------- the run
+
+
+def validate_input(path: str | Path, config: RecycleConfig,
+                   store: RunStore | None = None) -> int:
+    """A streaming pass over the input before any paid call; returns the record count."""
+    count = 0
+    already = {(e["line"], e["record"]) for e in store.invalid()} if store else set()
+
+    def on_invalid(err: InputError) -> None:
+        if not config.skip_invalid:
+            raise err
+        if store is not None and (err.line, err.record) not in already:
+            store.add_invalid(err)
+
+    for _ in iter_input(path, config, on_invalid):
+        count += 1
+    return count
+
+
+def iter_input(path: str | Path, config: RecycleConfig, on_invalid=None) -> Iterator[Record]:
+    for n, rec in enumerate(read_records(path, on_invalid=on_invalid or (lambda e: None))):
+        if config.limit is not None and n >= config.limit:
+            return
+        yield rec
+
+
+def recycle(input_path: str | Path, run_dir: str | Path, config: RecycleConfig | None = None, *,
+            output: str | Path | None = None, output_format: str = "jsonl",
+            backend: Backend | None = None) -> RecycleSummary:
+    """Recycle a dataset into ``run_dir`` (resumable); export every candidate to ``output``."""
+    config = config or RecycleConfig()
+    input_path = Path(input_path)
+    with RunStore(run_dir) as store:
+        total = validate_input(input_path, config, store)
+        store.set_meta("input", str(input_path.resolve()))
+        store.set_meta("input_records", total)
+        store.set_meta("recycle_config", config.public())
+        backend = backend or make_backend(config.oracle, model=config.model,
+                                          api_key_env=config.api_key_env, timeout=config.timeout,
+                                          context_length=config.context_length,
+                                          batch_size=config.batch_size)
+        progress = RunProgress(total, enabled=config.progress, label="recycle")
+        recycler = Recycler(config, store, backend, progress)
+
+        async def run_all() -> None:
+            try:
+                with progress:
+                    async for _ in recycler.engine.map(recycler.process,
+                                                       iter_input(input_path, config)):
+                        pass
+            finally:
+                await backend.aclose()
+
+        asyncio.run(run_all())
+        out = None
+        if output is not None:
+            out = str(output)
+            write_records(store.candidates(), output, format=output_format)
+        return RecycleSummary(
+            run_dir=str(run_dir), records=total, candidates=store.candidate_counts(),
+            failures=store.failure_counts(), invalid=len(store.invalid()),
+            calls=store.call_totals(), output=out)
+
+
+def export(run_dir: str | Path, output: str | Path, *, kinds: tuple[str, ...] | None = None,
+           output_format: str = "jsonl", only_ok: bool = False) -> int:
+    """Write a run's candidates (optionally some kinds, optionally parsed-ok only)."""
+    with RunStore(run_dir, create=False) as store:
+        def chosen() -> Iterator[Record]:
+            for rec in store.candidates():
+                if kinds and rec.kind not in kinds:
+                    continue
+                if only_ok and rec.parse_status not in ("ok", None):
+                    continue
+                yield rec
+
+        return write_records(chosen(), output, format=output_format)

@@ -1,0 +1,79 @@
+"""Settings of a recycling run (kept apart from the behaviour in recycle.py)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+STAGES = ("compress", "instruction", "response", "both", "reflection-format")
+DEFAULT_STAGES = ("instruction", "response", "both")
+# the candidate kind each stage produces
+STAGE_KIND = {"compress": "compress", "instruction": "ins", "response": "res", "both": "both",
+              "reflection-format": "reflection"}
+
+
+@dataclass
+class RecycleConfig:
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    oracle: str = "local"  # local | local:/path | llamacpp | http(s)://host/v1
+    model: str | None = None  # the served model name (required for HTTP oracles)
+    api_key_env: str = "OPENAI_API_KEY"
+    prompts_dir: str | None = None
+    with_example: bool | None = None  # worked example in the conversation; None: local only
+    reask: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 2048
+    context_length: int | None = None  # the oracle's window; local models know their own
+    concurrency: int = 16
+    rpm: float | None = None
+    tpm: float | None = None
+    timeout: float = 120.0
+    max_retries: int = 6
+    batch_size: int = 8  # local oracles: generation batch
+    prices_file: str | None = None
+    price_in: float | None = None
+    price_out: float | None = None
+    skip_invalid: bool = False
+    limit: int | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        stages = tuple(s.strip() for s in self.stages if s.strip())
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"--stages: unknown stage(s) {', '.join(unknown)} "
+                              f"(choose from {', '.join(STAGES)})")
+        if not stages:
+            raise ConfigError("--stages: name at least one stage")
+        if "both" in stages and "instruction" not in stages:
+            stages = ("instruction", *stages)  # both = response reflection of the ins result
+        self.stages = stages
+        if self.oracle.startswith(("http://", "https://")) and not self.model:
+            raise ConfigError("--model is required with an HTTP oracle (the served model name)")
+        for name in ("concurrency", "max_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.reask < 0 or self.max_retries < 0:
+            raise ConfigError("--reask and --max-retries must be >= 0")
+
+    @property
+    def model_name(self) -> str:
+        if self.model:
+            return self.model
+        return "smollm2-135m-instruct" if self.oracle in ("local", "llamacpp") else self.oracle
+
+    @property
+    def use_example(self) -> bool:
+        if self.with_example is not None:
+            return self.with_example
+        return not self.oracle.startswith(("http://", "https://"))
+
+    def public(self) -> dict[str, Any]:
+        """What is safe to store in the run: everything here (no secrets, only env names)."""
+        d = asdict(self)
+        d["stages"] = list(self.stages)
+        return d
