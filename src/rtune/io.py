@@ -119,6 +119,8 @@ def parse_item(item: Any, *, path: str, index: int, line: int | None = None) -> 
         for name in ("instruction", "output"):
             if not values[name].strip():
                 raise bad("empty", name)
+        if "kind" in item and "source_index" in item:  # an rtune output: keep its provenance
+            return Record.from_dict({**item, **values, "system": values["system"] or None})
         return Record(instruction=values["instruction"], input=values["input"],
                       output=values["output"], system=values["system"] or None,
                       source_index=index, source_id=source_id)

@@ -45,7 +45,7 @@ def _markers(text: str, labels: tuple[str, ...]) -> list[tuple[int, int, str]]:
 
 def _clean(chunk: str) -> str:
     chunk = chunk.strip()
-    chunk = re.sub(r"^(?:\*\*|__|`)+|(?:\*\*|__|`)+$", "", chunk).strip()
+    chunk = re.sub(r"^(?:\*\*|__)+|(?:\*\*|__)+$", "", chunk).strip()
     chunk = re.sub(r"\n[ \t]*(?:-{3,}|\*{3,}|_{3,})[ \t]*$", "", chunk).strip()
     if chunk.startswith('"') and chunk.endswith('"') and chunk.count('"') == 2:
         chunk = chunk[1:-1].strip()
