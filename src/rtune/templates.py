@@ -195,3 +195,97 @@ def _compile(source: str) -> Any:
     # the same environment settings as transformers' apply_chat_template
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     return env.from_string(source)
+
+
+# -- training: conversation -> input_ids + labels ----------------------------------------------
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Encoded:
+    """One tokenized conversation; ``labels`` is -100 wherever no loss is taken."""
+
+    input_ids: list[int]
+    labels: list[int]
+    length: int  # tokens before truncation
+    truncated: bool
+
+    @property
+    def answer_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def conversation_segments(template: str, messages: list[dict[str, str]],
+                          tokenizer: Any = None) -> list[tuple[str, bool]]:
+    """The rendered conversation cut into ``(text, trained)`` pieces.
+
+    Trained pieces are each assistant answer with its end-of-turn token; everything else
+    (system, user turns, role headers, separators after the end-of-turn) is not. The pieces
+    are found by rendering growing prefixes of the conversation, so they are exactly the text
+    the chat template produces, for every template including ``auto``.
+    """
+    eot = end_of_turn(template, tokenizer)
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        prompt = render(template, messages[:i], tokenizer=tokenizer, add_generation_prompt=True)
+        full = render(template, messages[:i + 1], tokenizer=tokenizer)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise ConfigError(
+                f"the {get_template(template).name!r} chat template renders earlier turns "
+                "differently once a later turn is added, so assistant turns cannot be located "
+                "for loss masking: pick an explicit --template (vicuna, alpaca, llama2, "
+                "llama3, chatml)")
+        if len(prompt) > len(done):
+            segments.append((prompt[len(done):], False))
+        answer = full[len(prompt):]
+        cut = answer.rfind(eot) if eot else -1
+        end = cut + len(eot) if cut >= 0 else len(answer)
+        segments.append((answer[:end], True))
+        if end < len(answer):
+            segments.append((answer[end:], False))
+        done = full
+    return segments
+
+
+def encode_conversation(template: str, messages: list[dict[str, str]], tokenizer: Any,
+                        max_length: int | None = None) -> Encoded:
+    """Tokenize a conversation for training, with labels only on the assistant tokens.
+
+    Labels come from the template segments (character spans mapped to tokens), never from
+    token ids, so an end-of-turn token that equals the pad token is still trained.
+    """
+    segments = conversation_segments(template, messages, tokenizer)
+    if getattr(tokenizer, "is_fast", False):
+        ids, trained = _encode_with_offsets(segments, tokenizer)
+    else:
+        ids, trained = [], []
+        for text, is_trained in segments:
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            trained += [is_trained] * len(piece)
+    labels = [t if keep else IGNORE_INDEX for t, keep in zip(ids, trained)]
+    length = len(ids)
+    if max_length is not None and length > max_length:
+        ids, labels = ids[:max_length], labels[:max_length]
+    return Encoded(ids, labels, length, length > len(ids))
+
+
+def _encode_with_offsets(segments: list[tuple[str, bool]],
+                         tokenizer: Any) -> tuple[list[int], list[bool]]:
+    text = "".join(s for s, _ in segments)
+    spans, pos = [], 0
+    for s, is_trained in segments:
+        if is_trained:
+            spans.append((pos, pos + len(s)))
+        pos += len(s)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    trained = []
+    for start, end in enc["offset_mapping"]:
+        # a token is trained when it starts inside an answer span (offsets may be trimmed of
+        # leading spaces, which keeps the start inside the span)
+        trained.append(any(a <= start < b for a, b in spans) and end > start)
+    return list(enc["input_ids"]), trained
