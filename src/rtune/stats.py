@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 RUN_KINDS = ("orig", "ins", "res", "both")
 SCORE_FIELDS = ("ifd_ppl", "rifd_ppl", "ifd_loss", "rifd_loss", "ppl_A_direct",
                 "ppl_A_condition", "ppl_Q_direct", "ppl_Q_condition")
-DEFAULT_COHERENCE_SAMPLE = 2000
+DEFAULT_COHERENCE_SAMPLE = 500
 
 
 # ---------------------------------------------------------------- loading inputs
@@ -150,8 +150,8 @@ def make_length_counter(tokenizer: str | None = None) -> LengthCounter:
         return LengthCounter(str(tokenizer), "tokens", None, tok)
     tok, why = _default_tokenizer()
     if tok is not None:
-        return LengthCounter(getattr(tok, "name_or_path", "") or "embedded model", "tokens",
-                             None, tok)
+        name = Path(getattr(tok, "name_or_path", "") or "embedded model").name
+        return LengthCounter(name, "tokens", None, tok)
     return LengthCounter("whitespace", "words",
                          f"no tokenizer available ({why}); lengths are whitespace words")
 
