@@ -124,6 +124,27 @@ def load_model(spec: str = "local", *, device: str = "auto", dtype: Any = None,
     return model, tokenizer
 
 
+def load_tokenizer(spec: str = "local") -> PreTrainedTokenizerBase:
+    """The tokenizer alone (cheap), with the same fixes as :func:`load_model`."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = resolve_model(spec)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    _fix_tokenizer(tokenizer, config)
+    return tokenizer
+
+
+def context_length(spec: str = "local") -> int:
+    """The model's context window in tokens (``max_position_embeddings``, else 2048)."""
+    import json
+
+    config = json.loads((resolve_model(spec) / "config.json").read_text(encoding="utf-8"))
+    return int(_max_positions(config) or DEFAULT_MAX_LENGTH)
+
+
 # -- internals -------------------------------------------------------------------------------
 
 def _spec_path(spec: str) -> Path | None:
@@ -149,8 +170,16 @@ def _fix_tokenizer(tokenizer: PreTrainedTokenizerBase, config: Any) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.model_max_length or tokenizer.model_max_length > 1_000_000:
-        tokenizer.model_max_length = (getattr(config, "max_position_embeddings", None)
-                                      or DEFAULT_MAX_LENGTH)
+        tokenizer.model_max_length = _max_positions(config) or DEFAULT_MAX_LENGTH
+
+
+def _max_positions(config: Any) -> int | None:
+    if isinstance(config, dict):
+        value = config.get("max_position_embeddings") or config.get("n_positions")
+    else:
+        value = (getattr(config, "max_position_embeddings", None)
+                 or getattr(config, "n_positions", None))
+    return int(value) if value else None
 
 
 def _cache_key(gguf: Path) -> str:

@@ -1,0 +1,263 @@
+"""A local transformers model as an oracle backend, with a micro-batcher.
+
+The engine awaits :meth:`LocalBackend.complete` concurrently; requests are queued, and a single
+worker gathers them into length-sorted, left-padded batches that run in a thread (the event
+loop stays free). Greedy batched output equals one-at-a-time output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from ..models import context_length, load_model, load_tokenizer, model_name
+from .base import ChatRequest, ChatResult, PermanentError
+
+_PLAIN_TEMPLATE = (  # for tokenizers without a chat template (base models)
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+@dataclass
+class _Job:
+    request: ChatRequest
+    ids: list[int]
+    max_new: int
+    future: asyncio.Future[ChatResult]
+    key: str = ""
+
+    @property
+    def group(self) -> tuple:
+        sample = self.request.temperature > 0
+        return (sample, self.request.temperature if sample else 0.0,
+                self.request.top_p if sample else 1.0)
+
+
+@dataclass
+class GenerationOutput:
+    text: str
+    tokens_out: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    token_ids: list[int] = field(default_factory=list)
+
+
+class LocalBackend:
+    """Oracle backend over a local model: ``local`` (embedded SmolLM2), an HF folder or a GGUF.
+
+    ``timeout`` is not applied here: a running batch cannot be interrupted. The engine's own
+    timeout cancels the wait; a retry of the same request joins the computation in flight
+    instead of starting it again.
+    """
+
+    def __init__(self, spec: str = "local", *, batch_size: int = 8, device: str = "auto",
+                 dtype: Any = None, max_wait_s: float = 0.05):
+        self.spec = spec
+        self.name = model_name(spec)
+        self.tokenizer = load_tokenizer(spec)  # converts a GGUF once; the model loads lazily
+        self.context_length: int | None = context_length(spec)
+        self.batch_size = max(1, int(batch_size))
+        self.max_wait_s = max_wait_s
+        self.device = device
+        self.dtype = dtype
+        self._model: Any = None
+        self._lock = threading.Lock()  # one generation at a time, even across event loops
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._inflight: dict[str, asyncio.Future[ChatResult]] = {}
+
+    # -- Backend protocol ------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    async def complete(self, request: ChatRequest, *, timeout: float | None = None) -> ChatResult:
+        self._ensure_worker()
+        key = request.key()
+        future = self._inflight.get(key)
+        if future is None:
+            ids = self.prompt_ids(request.messages)
+            room = (self.context_length or 1 << 30) - len(ids)
+            if room < 1:
+                raise PermanentError("context_length", f"the prompt has {len(ids)} tokens; "
+                                     f"{self.name} takes {self.context_length}")
+            future = asyncio.get_running_loop().create_future()
+            self._inflight[key] = future
+            future.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
+            assert self._queue is not None
+            self._queue.put_nowait(_Job(request, ids, min(request.max_tokens, room), future, key))
+        return await asyncio.shield(future)
+
+    async def aclose(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+        for future in list(self._inflight.values()):
+            future.cancel()
+        self._inflight.clear()
+        self._queue = None
+        self._loop = None
+
+    # -- prompts and generation (usable without the event loop) -----------------------------
+
+    def prompt_ids(self, messages: Any) -> list[int]:
+        """The chat template applied with the generation prompt, as token ids."""
+        template = None if self.tokenizer.chat_template else _PLAIN_TEMPLATE
+        text = self.tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True,
+            chat_template=template)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model, _ = load_model(self.spec, device=self.device, dtype=self.dtype)
+        return self._model
+
+    def generate(self, prompts: list[list[int]], *, max_new: list[int],
+                 stops: list[tuple[str, ...] | None], temperature: float = 0.0,
+                 top_p: float = 1.0) -> list[GenerationOutput]:
+        """One left-padded batch through ``model.generate``; rows stop on EOS, their own stop
+        strings or their own token budget."""
+        import torch
+
+        with self._lock:
+            model = self.model
+            pad = self.tokenizer.pad_token_id
+            width = max(len(p) for p in prompts)
+            input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            eos = _eos_ids(model, self.tokenizer)
+            rows = _RowStop(self.tokenizer, width, max_new, stops, eos)
+            kwargs: dict[str, Any] = {"do_sample": False}
+            if temperature > 0:
+                kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p,
+                          "top_k": 0}
+            with torch.inference_mode():
+                out = model.generate(
+                    input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+                    max_new_tokens=max(max_new), pad_token_id=pad, eos_token_id=eos,
+                    stopping_criteria=StoppingCriteriaList([rows]), **kwargs)
+            results = []
+            for i, row in enumerate(out[:, width:].tolist()):
+                n, reason = rows.done[i] or (len(row), "length")
+                text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
+                cut = _first_stop(text, stops[i])
+                if cut is not None:
+                    text, reason = text[:cut], "stop"
+                results.append(GenerationOutput(text, n, reason, row[:n]))
+            return results
+
+    # -- the micro-batcher ------------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._worker is None or self._worker.done():
+            if self._loop is not loop:  # a new event loop (engine.run per stage): start afresh
+                self._inflight.clear()
+                self._queue = asyncio.Queue()
+            self._loop = loop
+            self._worker = loop.create_task(self._work(), name="rtune-local-batcher")
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            while len(jobs) < self.batch_size and (left := deadline - loop.time()) > 0:
+                try:
+                    jobs.append(await asyncio.wait_for(queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            while not queue.empty() and len(jobs) < 4 * self.batch_size:
+                jobs.append(queue.get_nowait())
+            # One round: everything gathered, grouped by sampling settings, sorted by length.
+            for batch in self._plan([j for j in jobs if not j.future.done()]):
+                batch = [j for j in batch if not j.future.done()]
+                if batch:
+                    await self._run_batch(batch)
+
+    def _plan(self, jobs: list[_Job]) -> list[list[_Job]]:
+        groups: dict[tuple, list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.group, []).append(job)
+        batches = []
+        for group in groups.values():
+            group.sort(key=lambda j: len(j.ids))
+            batches += [group[i:i + self.batch_size]
+                        for i in range(0, len(group), self.batch_size)]
+        return batches
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        req = batch[0].request
+        try:
+            outputs = await asyncio.to_thread(
+                self.generate, [j.ids for j in batch], max_new=[j.max_new for j in batch],
+                stops=[j.request.stop for j in batch], temperature=req.temperature,
+                top_p=req.top_p)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - handed to every waiter of this batch
+            error = e if isinstance(e, PermanentError) else PermanentError(
+                "local_generation", f"{type(e).__name__}: {e}")
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        for job, out in zip(batch, outputs):
+            if not job.future.done():
+                job.future.set_result(ChatResult(
+                    text=out.text, tokens_in=len(job.ids), tokens_out=out.tokens_out,
+                    finish_reason=out.finish_reason, model=self.name))
+
+
+class _RowStop(StoppingCriteria):
+    """Per-row stopping: EOS, the row's own stop strings, the row's own token budget.
+    Records ``done[i] = (tokens generated, finish_reason)``."""
+
+    def __init__(self, tokenizer: Any, width: int, max_new: list[int],
+                 stops: list[tuple[str, ...] | None], eos: list[int]):
+        self.tokenizer = tokenizer
+        self.width = width
+        self.max_new = max_new
+        self.stops = [tuple(s for s in (st or ()) if s) for st in stops]
+        self.tail = [max((len(s) for s in st), default=0) + 8 for st in self.stops]
+        self.eos = set(eos)
+        self.done: list[tuple[int, str] | None] = [None] * len(max_new)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        gen = input_ids[:, self.width:]
+        n = gen.shape[1]
+        for i in range(gen.shape[0]):
+            if self.done[i] is not None:
+                continue
+            if int(gen[i, -1]) in self.eos:
+                self.done[i] = (n, "stop")
+            elif self.stops[i] and _first_stop(self.tokenizer.decode(
+                    gen[i, -self.tail[i]:], skip_special_tokens=True), self.stops[i]) is not None:
+                self.done[i] = (n, "stop")
+            elif n >= self.max_new[i]:
+                self.done[i] = (n, "length")
+        return torch.tensor([d is not None for d in self.done], device=input_ids.device)
+
+
+def _first_stop(text: str, stops: tuple[str, ...] | None) -> int | None:
+    hits = [text.find(s) for s in (stops or ()) if s and s in text]
+    return min(hits) if hits else None
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
