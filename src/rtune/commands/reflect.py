@@ -1,0 +1,138 @@
+"""Answer questions in the Reflection 70B format: reasoning in <thinking>, self-corrections in
+<reflection>, the final answer in <output>.
+
+Modes: `format` (one call with the reflection system prompt; for models trained on the format,
+or any instruction-following model) and `loop` (a plain draft, then --rounds x critique +
+revision with any model, every round kept). INPUT is a question, or a .json/.jsonl/.txt file
+of questions (keys question / prompt / instruction(+input) / text / conversations, optional id).
+
+  rtune reflect "A coin is put in a cup, the cup is put on the bed, then the cup is turned
+      upside down. Where is the coin?" --oracle local --show-thinking
+  rtune reflect questions.jsonl -o answers.jsonl --oracle https://host/v1 --model NAME
+      --mode loop --rounds 2 --run-dir runs/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ._common import add_oracle_arguments
+
+HELP = "answer questions with <thinking>/<reflection>/<output> (format or self-reflection loop)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="a question, or a .json/.jsonl/.txt file of questions")
+    p.add_argument("-o", "--output", default=None,
+                   help="write one JSON line per question here (file input; default: stdout)")
+    p.add_argument("--mode", choices=("format", "loop"), default="format",
+                   help="format: one call with the reflection system prompt; loop: draft, "
+                   "then critique + revise for --rounds rounds")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="loop mode: critique/revise rounds (stops early on 'Verdict: correct')")
+    p.add_argument("--no-early-stop", action="store_true",
+                   help="loop mode: run every round even when the critique finds nothing")
+    p.add_argument("--show-thinking", action="store_true",
+                   help="print the thinking, reflections and loop rounds, not only the answer")
+    p.add_argument("--run-dir", default=None,
+                   help="run directory keeping every call and answer (resumable); default "
+                   "runs/reflect-<file name> for files, none for a single question")
+    p.add_argument("--prompts", default=None, metavar="DIR",
+                   help="folder of prompt YAML files overriding the packaged ones by name")
+    p.add_argument("--example", choices=("auto", "on", "off"), default="auto",
+                   help="format mode: put a worked example in the conversation (auto: local "
+                   "models only)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
+    p.add_argument("--max-tokens", type=int, default=2048, help="reply budget per call")
+    add_oracle_arguments(p)
+
+
+def read_questions(path: Path) -> list[Any]:
+    """Questions from a JSON list, JSON lines, or a text file (one question a line)."""
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".txt":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(str(path), f"not valid JSON: {e.msg}", line=e.lineno) from None
+        return data
+    items = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise InputError(str(path), f"not valid JSON: {e.msg}", line=n) from None
+    return items
+
+
+def _show(result: dict[str, Any], show_thinking: bool) -> None:
+    if result.get("error"):
+        print(f"error: {result['error']}", file=sys.stderr)
+        return
+    if show_thinking:
+        for step in result.get("rounds") or []:
+            if step["round"] == 0:
+                print(f"--- draft ---\n{step['answer'].strip()}")
+                continue
+            print(f"--- round {step['round']}: critique (verdict: {step['verdict']}) ---\n"
+                  f"{step['critique'].strip()}")
+            if "answer" in step:
+                print(f"--- round {step['round']}: revision ---\n{step['answer'].strip()}")
+        if not result.get("rounds"):
+            print(f"--- thinking ---\n{result.get('thinking') or '(none)'}")
+            for i, r in enumerate(result.get("reflections") or [], 1):
+                print(f"--- reflection {i} ---\n{r}")
+        print("--- output ---")
+    print(result["answer"])
+    if result.get("flagged"):
+        print(f"(no <output> in the reply: {result.get('reason')})", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..oracle.pricing import Prices
+    from ..reflection import default_model_name, reflect
+
+    source = Path(args.input)
+    is_file = source.suffix.lower() in (".json", ".jsonl", ".txt") or source.is_file()
+    if is_file and not source.is_file():
+        raise InputError(str(source), "file not found")
+    questions = read_questions(source) if is_file else [args.input]
+    run_dir = args.run_dir or (Path("runs") / f"reflect-{source.stem}" if is_file else None)
+    results = reflect(
+        questions, oracle=args.oracle, model=args.model, mode=args.mode, rounds=args.rounds,
+        run_dir=run_dir, temperature=args.temperature, max_tokens=args.max_tokens,
+        with_example={"auto": None, "on": True, "off": False}[args.example],
+        prompts_dir=args.prompts, concurrency=args.concurrency, api_key_env=args.api_key_env,
+        timeout=args.timeout, rpm=args.rpm, tpm=args.tpm, max_retries=args.max_retries,
+        context_length=args.context_length, batch_size=args.batch_size,
+        prices=Prices.load(args.prices, model=default_model_name(args.oracle, args.model),
+                           price_in=args.price_in, price_out=args.price_out),
+        stop_when_correct=not args.no_early_stop)
+    failed = sum(1 for r in results if r.get("error"))
+    if not is_file:
+        _show(results[0], args.show_thinking)
+        return 1 if failed else 0
+    lines = (json.dumps({k: v for k, v in r.items() if k != "index"}, ensure_ascii=False)
+             for r in results)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+        flagged = sum(1 for r in results if r.get("flagged"))
+        print(f"{len(results) - failed} answers -> {out} ({flagged} without <output>, "
+              f"{failed} failed{', rerun to retry' if failed else ''}); run: {run_dir}")
+    else:
+        for line in lines:
+            print(line)
+    return 1 if failed else 0

@@ -1,0 +1,337 @@
+"""The Reflection 70B format: parser, recycling stage, format/loop inference, tiny training."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtune.cli import main
+from rtune.prompts import load_prompt
+from rtune.records import Record
+from rtune.reflection import (
+    add_reflection_special_tokens,
+    build_reflection_reask,
+    build_reflection_request,
+    canonical_reflection,
+    extract_output,
+    format_reflection,
+    parse_reflection,
+    parse_reflection_reply,
+    parse_verdict,
+    question_text,
+    reflect,
+    reflection_system_prompt,
+)
+from rtune.store import RunStore
+
+COIN = ("A coin is put in a cup, the cup is put on the bed, and the cup is turned upside "
+        "down. Where is the coin?")
+COIN_REPLY = ("<thinking>\nThe coin is in the cup, so it moves with the cup.\n<reflection>\n"
+              "Turning the cup upside down lets the coin fall out onto the bed; it is no longer "
+              "in the cup.\n</reflection>\nSo the coin lies on the bed.\n</thinking>\n"
+              "<output>\nThe coin is on the bed.\n</output>")
+
+
+# ---------------------------------------------------------------- parser
+
+def test_well_formed_reply_splits_into_parts():
+    p = parse_reflection(COIN_REPLY)
+    assert (p.output, p.flagged, p.reason) == ("The coin is on the bed.", False, None)
+    assert p.thinking.startswith("The coin is in the cup")
+    assert "<reflection>" in p.thinking  # the reflection stays nested in the thinking
+    assert p.reflections == ["Turning the cup upside down lets the coin fall out onto the bed; "
+                             "it is no longer in the cup."]
+
+
+@pytest.mark.parametrize("text, output, reflections, reason", [
+    # unclosed reflection, thinking and output (generation cut off or sloppy)
+    ("<thinking>a <reflection>fix one <output>On the bed.", "On the bed.", ["fix one"],
+     "unclosed <reflection>; unclosed <thinking>; unclosed <output>"),
+    # several reflection blocks, the second opened before the first was closed
+    ("<thinking>a<reflection>r1<reflection>r2</reflection></thinking><output>x</output>", "x",
+     ["r1", "r2"], "unclosed <reflection>"),
+    # reflection outside the thinking, tags in other cases and with spaces
+    ("<THINKING>a</THINKING>< reflection >r</reflection ><Output>x</Output>", "x", ["r"], None),
+    # output nested inside the thinking
+    ("<thinking>a<output>x</output></thinking>", "x", [], "unclosed <thinking>; stray </thinking>"),
+    # repeated output: the last non-empty one is the final answer
+    ("<output>first</output><thinking>t</thinking><output>second</output><output> </output>",
+     "second", [], "3 <output> blocks, used the last non-empty one"),
+])
+def test_malformed_replies_are_repaired(text, output, reflections, reason):
+    p = parse_reflection(text)
+    assert (p.output, p.reflections, p.reason, p.flagged) == (output, reflections, reason, False)
+
+
+def test_tags_inside_code_are_content_not_structure():
+    text = ("<thinking>An HTML question.</thinking>\n<output>Use the `<output>` element:\n"
+            "```html\n<output name=\"x\"></output>\n<output>42</output>\n```\n</output>")
+    p = parse_reflection(text)
+    assert not p.flagged
+    assert p.output.startswith("Use the `<output>` element:")
+    assert p.output.endswith("<output>42</output>\n```")
+    # only inline code mentions the tag: that is no structure at all
+    assert extract_output("Wrap it in `<output>` tags.") == ("Wrap it in `<output>` tags.", True)
+
+
+def test_reply_wrapped_whole_in_a_fence_is_still_parsed():
+    p = parse_reflection(f"```xml\n{COIN_REPLY}\n```")
+    assert p.output == "The coin is on the bed." and not p.flagged
+    assert p.reason == "tags only inside a code fence"
+
+
+@pytest.mark.parametrize("text, output, reason", [
+    ("The coin is on the bed.", "The coin is on the bed.", "no tags"),
+    ("<thinking>cup flips</thinking>\nOn the bed.", "On the bed.",
+     "no <output>: used the text outside <thinking>"),
+    ("<thinking>still thinking when cut off", "<thinking>still thinking when cut off",
+     "unclosed <thinking>; no <output>: whole text"),
+    ("<thinking>t</thinking><output>  </output>", "<thinking>t</thinking><output>  </output>",
+     "empty <output>: whole text"),
+    ("", "", "empty reply"),
+])
+def test_missing_output_falls_back_and_is_flagged(text, output, reason):
+    p = parse_reflection(text)
+    assert (p.output, p.flagged, p.reason) == (output, True, reason)
+    assert extract_output(text) == (output, True)
+
+
+_plain = st.text(st.characters(blacklist_characters="<>`", blacklist_categories=("Cs",)),
+                 max_size=40).map(str.strip).filter(bool)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=30), st.sampled_from(
+    ["<thinking>", "</thinking>", "<reflection>", "</reflection>", "<output>", "</output>",
+     "```\n", "`", "\n", "< output >", "</OUTPUT>"])), max_size=25))
+def test_parser_never_raises(parts):
+    p = parse_reflection("".join(parts))
+    assert isinstance(p.output, str) and isinstance(p.reflections, list)
+    assert p.flagged == (extract_output("".join(parts))[1])
+    if not p.flagged:
+        assert p.output.strip() and p.output == p.output.strip()
+
+
+@settings(max_examples=200, deadline=None)
+@given(_plain, st.lists(_plain, max_size=3), _plain)
+def test_canonical_text_round_trips(thinking, reflections, output):
+    p = parse_reflection(format_reflection(thinking, output, reflections))
+    assert (p.output, p.reflections, p.flagged, p.reason) == (output, reflections, False, None)
+    assert parse_reflection(canonical_reflection(p)) == p
+
+
+# ---------------------------------------------------------------- recycling stage
+
+def test_recycling_request_and_reply():
+    rec = Record(instruction="Where is the coin?", input="cup on the bed, turned over",
+                 output="In the cup.", source_index=3)
+    prompt = load_prompt("reflection_format")
+    req = build_reflection_request(rec, prompt, "m", with_example=True, max_tokens=512)
+    user = req.messages[-1]["content"]
+    assert "Where is the coin?" in user and "cup on the bed" in user and "In the cup." in user
+    assert len(req.messages) == 4 and "<reflection>" in req.messages[2]["content"]  # example
+    assert req.max_tokens == 512 and req.model == "m"
+
+    good = parse_reflection_reply(rec, COIN_REPLY)
+    assert good.kind == "reflection" and good.parse_status == "ok" and good.source_index == 3
+    assert good.fallback_reason is None and good.system == reflection_system_prompt()
+    assert "<thinking>" in good.system  # the format is explained in the system turn
+    assert extract_output(good.output) == ("The coin is on the bed.", False)
+    assert good.to_messages()[0]["role"] == "system"
+
+    repaired = parse_reflection_reply(rec, "<thinking>t<reflection>r<output>On the bed.")
+    assert repaired.parse_status == "ok" and repaired.fallback_reason.startswith("repaired:")
+    assert parse_reflection(repaired.output).reason is None  # now well-formed
+    assert parse_reflection(repaired.output).reflections == ["r"]
+
+    for bad, why in [("On the bed.", "no tags"), ("<output>On the bed.</output>", "no <thinking>")]:
+        cand = parse_reflection_reply(rec, bad)
+        assert cand.parse_status == "fallback" and cand.fallback_reason.startswith(why)
+        assert cand.output == "In the cup." and cand.system is None and cand.raw == bad
+        again = build_reflection_reask(req, bad, why)
+        assert again.messages[-2] == {"role": "assistant", "content": bad}
+        assert why in again.messages[-1]["content"] and again.key() != req.key()
+
+
+def test_recycle_stage_reflection_format_end_to_end(oracle_server, tmp_path):
+    from rtune.recycle import recycle
+    from rtune.recycle_config import RecycleConfig
+
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"instruction": "Where is the coin?", "input": "",
+                                 "output": "In the cup."},
+                                {"instruction": "Say hi.", "input": "", "output": "hi"}]))
+    oracle_server.script(lambda body: COIN_REPLY if "coin" in body["messages"][-1]["content"]
+                         else "hello")
+    config = RecycleConfig(stages=("reflection-format",), oracle=oracle_server.url, model="m",
+                           progress=False)
+    summary = recycle(data, tmp_path / "run", config, output=tmp_path / "out.jsonl")
+    assert summary.candidates["reflection"] == {"ok": 1, "fallback": 1}
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    coin = next(r for r in rows if r["kind"] == "reflection" and r["source_index"] == 0)
+    assert coin["prompt_id"] == "reflection_format" and coin["raw"] == COIN_REPLY
+    assert extract_output(coin["output"])[0] == "The coin is on the bed."
+
+
+# ---------------------------------------------------------------- inference modes
+
+def test_format_mode_against_an_endpoint_resumes_from_the_store(oracle_server, tmp_path):
+    oracle_server.script(lambda body: COIN_REPLY if "coin" in body["messages"][-1]["content"]
+                         else "plain answer")
+    questions = [{"id": "coin", "question": COIN}, {"instruction": "Say", "input": "hi"}]
+    results = reflect(questions, oracle=oracle_server.url, model="m", run_dir=tmp_path)
+    assert [r["id"] for r in results] == ["coin", "1"]
+    assert results[0]["answer"] == "The coin is on the bed." and not results[0]["flagged"]
+    assert results[1]["answer"] == "plain answer" and results[1]["flagged"]
+    sent = oracle_server.requests[0]["messages"]
+    assert sent[0]["role"] == "system" and "<output>" in sent[0]["content"]
+    assert len(sent) == 2  # endpoints get no worked example
+    assert {m["messages"][-1]["content"] for m in oracle_server.requests} == {COIN, "Say\n\nhi"}
+
+    again = reflect(questions, oracle=oracle_server.url, model="m", run_dir=tmp_path)
+    assert again == results and len(oracle_server.requests) == 2  # nothing paid twice
+    with RunStore(tmp_path) as store:
+        assert len(store.item_keys("reflect")) == 2
+        assert store.call_totals()["calls"] == 2
+
+
+def _loop_script(critiques: list[str]):
+    """Draft wrong, critique from ``critiques`` in order, revision right."""
+    def fn(body):
+        user = body["messages"][-1]["content"]
+        if user.startswith("Here is a question and an answer"):
+            return critiques.pop(0)
+        if user.startswith("Here is a question, an answer to it, and a critique"):
+            draft_round = "Critique: the cup was turned over" in user
+            return "The coin is on the bed." if draft_round else "Still on the bed."
+        return "The coin is in the cup."
+    return fn
+
+
+def test_loop_mode_keeps_every_round_and_stops_when_correct(oracle_server, tmp_path):
+    oracle_server.script(_loop_script([
+        "Critique: the cup was turned over, so the coin fell out.\nVerdict: revise",
+        "Nothing to fix.\n**Verdict:** correct"]))
+    [r] = reflect([COIN], oracle=oracle_server.url, model="m", mode="loop", rounds=3,
+                  run_dir=tmp_path)
+    assert r["answer"] == "The coin is on the bed." and r["stopped_early"]
+    assert [s["round"] for s in r["rounds"]] == [0, 1, 2]
+    assert r["rounds"][0]["answer"] == "The coin is in the cup."
+    assert r["rounds"][1]["verdict"] == "revise" and r["rounds"][2]["verdict"] == "correct"
+    assert "answer" not in r["rounds"][2]
+    assert len(oracle_server.requests) == 4  # draft, critique, revise, critique
+    revise_turn = oracle_server.requests[2]["messages"][-1]["content"]
+    assert "The coin is in the cup." in revise_turn and "fell out" in revise_turn
+    # the loop's transcript is itself a reply in the format
+    p = parse_reflection(r["text"])
+    assert p.output == "The coin is on the bed." and len(p.reflections) == 2 and not p.flagged
+    with RunStore(tmp_path) as store:
+        stages = [row[0] for row in store.db.execute("SELECT stage FROM calls ORDER BY created")]
+        [(_, stored)] = list(store.items("reflect"))
+    assert sorted(stages) == sorted(["reflect:draft", "reflect:critique", "reflect:revise",
+                                     "reflect:critique"])
+    assert stored["rounds"] == r["rounds"]
+
+
+def test_loop_mode_runs_all_rounds_without_early_stop(oracle_server):
+    oracle_server.script(_loop_script([
+        "Critique: the cup was turned over.\nVerdict: revise", "Fine. Verdict: correct"]))
+    [r] = reflect([COIN], oracle=oracle_server.url, model="m", mode="loop", rounds=2,
+                  stop_when_correct=False)
+    assert len(oracle_server.requests) == 5 and not r["stopped_early"]
+    assert r["answer"] == "Still on the bed." and r["rounds"][2]["answer"] == r["answer"]
+
+
+def test_verdict_and_question_helpers():
+    assert parse_verdict("ok\nVerdict: correct") == "correct"
+    assert parse_verdict("Verdict: revise ... on reflection, Verdict - Correct") == "correct"
+    assert parse_verdict("looks fine") is None
+    assert question_text({"Instruction": "Q1"}) == "Q1"
+    assert question_text({"conversations": [{"from": "human", "value": "Q2"}]}) == "Q2"
+    assert question_text({"text": "Q3", "id": 1}) == "Q3"
+    with pytest.raises(Exception, match="field 'question'"):
+        question_text({"answer": "no question"}, "q.jsonl")
+
+
+def test_cli_single_question_and_file(oracle_server, tmp_path, capsys):
+    oracle_server.script(lambda body: COIN_REPLY)
+    assert main(["reflect", COIN, "--oracle", oracle_server.url, "--model", "m"]) == 0
+    assert capsys.readouterr().out == "The coin is on the bed.\n"
+    assert main(["reflect", COIN, "--oracle", oracle_server.url, "--model", "m",
+                 "--show-thinking"]) == 0
+    shown = capsys.readouterr().out
+    assert "--- reflection 1 ---\nTurning the cup upside down" in shown
+    assert shown.endswith("--- output ---\nThe coin is on the bed.\n")
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"id": "a", "text": COIN}) + "\n\n"
+                         + json.dumps({"prompt": "Q2"}) + "\n")
+    out = tmp_path / "answers.jsonl"
+    assert main(["reflect", str(questions), "-o", str(out), "--oracle", oracle_server.url,
+                 "--model", "m", "--mode", "loop", "--rounds", "1",
+                 "--run-dir", str(tmp_path / "run")]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "1"] and all(r["mode"] == "loop" for r in rows)
+    assert (tmp_path / "run" / "rtune.sqlite").exists()
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{broken\n')
+    assert main(["reflect", str(bad), "--oracle", oracle_server.url, "--model", "m"]) == 2
+    assert "bad.jsonl, line 2" in capsys.readouterr().err
+    assert main(["reflect", "x", "--oracle", oracle_server.url]) == 2  # no --model
+    assert main(["reflect", "x", "--oracle", oracle_server.url, "--model", "m",
+                 "--mode", "loop", "--rounds", "-1"]) == 2
+
+
+def test_unreachable_endpoint_is_reported_not_stored(tmp_path):
+    [r] = reflect(["q"], oracle="http://127.0.0.1:9/v1", model="m", run_dir=tmp_path,
+                  max_retries=0, timeout=2)
+    assert r["answer"] is None and r["error"]
+    with RunStore(tmp_path) as store:
+        assert store.item_keys("reflect") == set() and store.failure_counts()
+
+
+# ---------------------------------------------------------------- tokens and training
+
+def test_tiny_model_trained_on_tagged_data_generates_parseable_text(tiny_llama_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_path)
+    before = model.get_input_embeddings().weight.shape[0]
+    assert add_reflection_special_tokens(tok, model) == 6
+    assert model.get_input_embeddings().weight.shape[0] == before + 6 == len(tok)
+    assert add_reflection_special_tokens(tok, model) == 0  # idempotent
+    assert len(tok("<reflection>", add_special_tokens=False)["input_ids"]) == 1
+
+    answer = "<thinking>cup<reflection>flip</reflection>bed</thinking><output>on the bed</output>"
+    prompt = tok.apply_chat_template(
+        [{"role": "system", "content": "Reflect."}, {"role": "user", "content": "coin?"}],
+        tokenize=False, add_generation_prompt=True)
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + answer_ids])
+    labels = ids.clone()
+    labels[0, :len(prompt_ids)] = -100  # loss on the answer only
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(60):
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=len(answer_ids) + 4,
+                             do_sample=False, pad_token_id=tok.pad_token_id)
+    text = tok.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
+    parsed = parse_reflection(text)
+    assert parsed.output == "on the bed" and parsed.reflections == ["flip"], (text, loss)
+    assert re.fullmatch(r"<thinking>.*</output>", text.strip(), re.DOTALL)
