@@ -228,11 +228,13 @@ def _build_trainer(features: list[dict], tokenizer: Any, config: TrainConfig, pl
         warmup_steps=config.warmup_ratio, lr_scheduler_type=config.lr_scheduler_type,
         optim="adamw_torch", max_grad_norm=config.max_grad_norm,
         num_train_epochs=config.epochs, max_steps=config.max_steps,
-        bf16=bf16, gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=bf16, activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         seed=config.seed, data_seed=config.seed, logging_steps=config.logging_steps,
         save_total_limit=config.save_total_limit, report_to="none",
-        remove_unused_columns=False, include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        # packed rows have no padding (and pad == EOS would undercount them)
+        include_num_input_tokens_seen="all" if config.packing else "non_padding",
         disable_tqdm=not config.progress_bar, use_cpu=not torch.cuda.is_available(),
         **save)
     return Trainer(model=model, args=args, train_dataset=Dataset.from_list(features),
