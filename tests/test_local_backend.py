@@ -172,6 +172,17 @@ def test_engine_store_and_resume(backend: LocalBackend, tmp_path: Path):
     assert backend.batch_sizes == []
 
 
+def test_llamacpp_missing_says_what_to_install(monkeypatch):
+    import sys
+
+    from rtune.errors import ConfigError
+    from rtune.oracle.llamacpp import LlamaCppBackend
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails even where installed
+    with pytest.raises(ConfigError, match=r"pip install 'rtune\[llamacpp\]'"):
+        LlamaCppBackend("local")
+
+
 @pytest.mark.slow
 def test_embedded_model_generates():
     torch.set_num_threads(2)

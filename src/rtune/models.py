@@ -63,7 +63,7 @@ def cache_dir() -> Path:
 
 def model_name(spec: str = "local") -> str:
     """A short human name for a model spec (used as the backend's ``name``)."""
-    path = _spec_path(spec)
+    path = spec_path(spec)
     if path is None:
         return EMBEDDED_NAME
     return path.stem if path.suffix == ".gguf" else path.name
@@ -73,7 +73,7 @@ def resolve_model(spec: str = "local") -> Path:
     """A Hugging Face model folder for ``spec``: ``local`` (the embedded GGUF), ``local:/path``
     or a plain path to an HF folder (returned as is) or a ``.gguf`` file (converted once into
     the cache). Anything else is a :class:`ConfigError`: rtune never downloads models."""
-    path = _spec_path(spec)
+    path = spec_path(spec)
     if path is None:
         return _converted(embedded_gguf())
     if path.is_dir():
@@ -145,9 +145,7 @@ def context_length(spec: str = "local") -> int:
     return int(_max_positions(config) or DEFAULT_MAX_LENGTH)
 
 
-# -- internals -------------------------------------------------------------------------------
-
-def _spec_path(spec: str) -> Path | None:
+def spec_path(spec: str) -> Path | None:
     """None for the embedded model, else the path named by ``local:/path`` or a plain path."""
     spec = spec.strip()
     if spec in ("", "local"):
@@ -157,6 +155,8 @@ def _spec_path(spec: str) -> Path | None:
         return Path(rest).expanduser() if rest else None
     return Path(spec).expanduser()
 
+
+# -- internals -------------------------------------------------------------------------------
 
 def _pick_device(device: str) -> str:
     if device != "auto":
