@@ -55,8 +55,8 @@ def build_report(paths: Sequence[str | Path], out_dir: str | Path, *,
 
 
 def write_report(stats: Stats, out_dir: str | Path, *,
-                 inline_limit_mb: float = DEFAULT_INLINE_LIMIT_MB,
-                 title: str | None = None) -> ReportResult:
+                 inline_limit_mb: float = DEFAULT_INLINE_LIMIT_MB, title: str | None = None,
+                 chunk_rows: int = CHUNK_ROWS) -> ReportResult:
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     stats_dict = stats.to_dict()
@@ -71,8 +71,8 @@ def write_report(stats: Stats, out_dir: str | Path, *,
         fig_paths.append(p)
 
     index, rows, note = browse_data(stats)
-    chunks = [_safe_json(rows[i:i + CHUNK_ROWS]) for i in range(0, len(rows), CHUNK_ROWS)]
-    index["chunk"] = CHUNK_ROWS
+    chunks = [_safe_json(rows[i:i + chunk_rows]) for i in range(0, len(rows), chunk_rows)]
+    index["chunk"] = chunk_rows
     inline = sum(len(c) for c in chunks) <= inline_limit_mb * 1e6
     data_dir = out / "data"
     for old in data_dir.glob("chunk-*.js") if data_dir.exists() else []:
