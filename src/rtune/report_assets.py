@@ -126,6 +126,8 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
 <label>fallback <select id="f-reason"></select></label>
 <input id="f-q" type="search" placeholder="search all text (Enter)">
 <label><input type="checkbox" id="f-diff" checked> word diff vs. original</label>
+<label>per page <select id="f-per"><option>10</option><option>20</option><option>50</option>
+<option>100</option></select></label>
 </div>
 <div id="browser" data-ready="0">
 <div class="pager"><button id="prev" type="button">&lsaquo; prev</button>
@@ -148,7 +150,6 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
   window.addEventListener("unhandledrejection", (e) => showError("error: " + e.reason));
 
   const IDX = JSON.parse(document.getElementById("rtune-index").textContent);
-  const PAGE = 20;
   const LABELS = {ifd_ppl: "IFD", rifd_ppl: "r-IFD", ifd_loss: "IFD (loss)",
     rifd_loss: "r-IFD (loss)", ppl_A_direct: "ppl(y)", ppl_A_condition: "ppl(y|x)",
     ppl_Q_direct: "ppl(x)", ppl_Q_condition: "ppl(x|r(y))", coherence: "coherence"};
@@ -224,12 +225,14 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
     return {kind: q.get("kind") || "", decision: q.get("decision") || "",
       reason: q.get("reason") || "", q: q.get("q") || "",
       page: Math.max(1, parseInt(q.get("page") || "1", 10) || 1),
+      per: Math.max(1, parseInt(q.get("per") || "20", 10) || 20),
       diff: q.get("diff") !== "0"};
   }
   function writeState(s) {
     const q = new URLSearchParams();
     for (const k of ["kind", "decision", "reason", "q"]) if (s[k]) q.set(k, s[k]);
     if (s.page > 1) q.set("page", String(s.page));
+    if (s.per !== 20) q.set("per", String(s.per));
     if (!s.diff) q.set("diff", "0");
     const h = q.toString();
     if (h !== location.hash.slice(1)) history.replaceState(null, "", h ? "#" + h : location.pathname + location.search);
@@ -361,13 +364,13 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
       const q = s.q.toLowerCase();
       ids = ids.filter((p) => hay(p).includes(q));
     }
-    const pages = Math.max(1, Math.ceil(ids.length / PAGE));
+    const pages = Math.max(1, Math.ceil(ids.length / s.per));
     if (s.page > pages) s.page = pages;
-    const slice = ids.slice((s.page - 1) * PAGE, s.page * PAGE);
+    const slice = ids.slice((s.page - 1) * s.per, s.page * s.per);
     await loadFor(slice);
     if (my !== gen) return;
     $("list").replaceChildren(...slice.map((p) => renderRow(rowAt(p), s)));
-    const first = ids.length ? (s.page - 1) * PAGE + 1 : 0;
+    const first = ids.length ? (s.page - 1) * s.per + 1 : 0;
     $("status").textContent = `${first}–${first + slice.length - (ids.length ? 1 : 0)} of ${ids.length} matching (${IDX.meta.length} in all) · page ${s.page}/${pages}`;
     for (const b of ["prev", "prev2"]) $(b).disabled = s.page <= 1;
     for (const b of ["next", "next2"]) $(b).disabled = s.page >= pages;
@@ -404,6 +407,7 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
     q.addEventListener("keydown", (e) => { if (e.key === "Enter") update({q: q.value.trim(), page: 1}); });
     q.addEventListener("search", () => update({q: q.value.trim(), page: 1}));
     $("f-diff").addEventListener("change", () => update({diff: $("f-diff").checked}));
+    $("f-per").addEventListener("change", () => update({per: +$("f-per").value, page: 1}));
     for (const b of ["prev", "prev2"]) $(b).addEventListener("click", () => update({page: state.page - 1}));
     for (const b of ["next", "next2"]) $(b).addEventListener("click", () => update({page: state.page + 1}));
     window.addEventListener("hashchange", () => { state = readState(); syncControls(); window.rtuneRendered = render(); });
@@ -416,6 +420,9 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
     $("f-reason").value = state.reason;
     $("f-q").value = state.q;
     $("f-diff").checked = state.diff;
+    const per = $("f-per");
+    if (![...per.options].some((o) => +o.value === state.per)) option(per, String(state.per), String(state.per));
+    per.value = String(state.per);
   }
   window.rtune = {update: update, state: () => Object.assign({}, state), index: IDX};
   setupControls();
