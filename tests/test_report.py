@@ -273,3 +273,21 @@ def test_browser_lazy_chunk_files(browser, tmp_path):
                 "q.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter'}));" + SNAP)
     assert s["idx"] == [33] and s["errors"] == ""
     assert page.errors() == []
+
+
+def test_datasets_paired_by_output_text_when_order_differs(tmp_path):
+    a = _dataset(tmp_path / "a.json", [{"instruction": f"q {i}", "input": f"in {i}",
+                                        "output": f"answer {i}"} for i in range(4)])
+    b = _dataset(tmp_path / "b.json", [{"instruction": f"q {i} merged with in {i}",
+                                        "output": f"answer {i}"} for i in (3, 1, 0, 2)])
+    stats = compute_stats([load_input(a), load_input(b)], WORDS)
+    write_report(stats, tmp_path / "out")
+    idx, rows = page_data(tmp_path / "out" / "index.html")
+    assert len(rows) == 4
+    for row in rows:
+        orig, merged = row["v"]
+        assert merged["ins"] == f"{orig['ins']} merged with {orig['inp']}"
+    assert "paired by output" in (tmp_path / "out" / "index.html").read_text()
+    write_report(stats, tmp_path / "pos", align="position")
+    _, rows = page_data(tmp_path / "pos" / "index.html")
+    assert rows[0]["v"][1]["ins"] == "q 3 merged with in 3"

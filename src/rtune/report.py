@@ -23,6 +23,7 @@ from .report_figures import all_figures
 from .stats import DEFAULT_COHERENCE_SAMPLE, RUN_KINDS, SCORE_FIELDS, Input, Stats, gather
 
 CHUNK_ROWS = 200
+ALIGN_MODES = ("auto", "id", "output", "position")
 DEFAULT_INLINE_LIMIT_MB = 48.0
 CAPTIONS = {
     "lengths": "Instruction and response length distributions per dataset / candidate kind",
@@ -47,16 +48,21 @@ def build_report(paths: Sequence[str | Path], out_dir: str | Path, *,
                  tokenizer: str | None = None, coherence: bool = True,
                  coherence_sample: int = DEFAULT_COHERENCE_SAMPLE,
                  inline_limit_mb: float = DEFAULT_INLINE_LIMIT_MB,
-                 title: str | None = None) -> ReportResult:
-    """Measure ``paths`` (run directories and/or dataset files) and write the report."""
+                 title: str | None = None, align: str = "auto") -> ReportResult:
+    """Measure ``paths`` (run directories and/or dataset files) and write the report.
+
+    ``align`` pairs the records of several datasets in the browser: by ``id``, by identical
+    ``output`` text, by ``position``, or ``auto`` (id if every record has a unique one, else
+    output if most outputs match, else position)."""
     stats = gather(paths, tokenizer=tokenizer, coherence=coherence,
                    coherence_sample=coherence_sample)
-    return write_report(stats, out_dir, inline_limit_mb=inline_limit_mb, title=title)
+    return write_report(stats, out_dir, inline_limit_mb=inline_limit_mb, title=title,
+                        align=align)
 
 
 def write_report(stats: Stats, out_dir: str | Path, *,
                  inline_limit_mb: float = DEFAULT_INLINE_LIMIT_MB, title: str | None = None,
-                 chunk_rows: int = CHUNK_ROWS) -> ReportResult:
+                 chunk_rows: int = CHUNK_ROWS, align: str = "auto") -> ReportResult:
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     stats_dict = stats.to_dict()
@@ -70,7 +76,7 @@ def write_report(stats: Stats, out_dir: str | Path, *,
         p.write_bytes(png)
         fig_paths.append(p)
 
-    index, rows, note = browse_data(stats)
+    index, rows, note = browse_data(stats, align)
     chunks = [_safe_json(rows[i:i + chunk_rows]) for i in range(0, len(rows), chunk_rows)]
     index["chunk"] = chunk_rows
     inline = sum(len(c) for c in chunks) <= inline_limit_mb * 1e6
@@ -142,7 +148,8 @@ def _coherence_lookup(stats: Stats) -> dict[tuple[str, str, int], float]:
     return out
 
 
-def browse_data(stats: Stats) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
+def browse_data(stats: Stats, align: str = "auto") -> tuple[dict[str, Any],
+                                                             list[dict[str, Any]], str | None]:
     """The page's filter index and its rows (one per source record or aligned position)."""
     runs = [i for i in stats.inputs if i.run is not None]
     coh = _coherence_lookup(stats)
@@ -151,7 +158,10 @@ def browse_data(stats: Stats) -> tuple[dict[str, Any], list[dict[str, Any]], str
         if len(stats.inputs) > 1:
             note = f"The record browser shows run {runs[0].name}; the others are in the tables."
         return (*_run_rows(runs[0], coh), note)
-    return (*_dataset_rows(stats.inputs, coh), note)
+    index, rows, how = _dataset_rows(stats.inputs, coh, align)
+    if len(stats.inputs) > 1:
+        note = f"Records of the datasets are paired by {how}."
+    return index, rows, note
 
 
 def _index(mode: str, kinds: list[str], meta: list[list[Any]],
@@ -199,15 +209,33 @@ def _run_rows(inp: Input, coh: dict) -> tuple[dict[str, Any], list[dict[str, Any
     return _index("run", kinds, meta, reasons), rows
 
 
-def _dataset_rows(inputs: Sequence[Input], coh: dict) -> tuple[dict[str, Any],
-                                                              list[dict[str, Any]]]:
+def _pairing(recs: list[list[Record]], align: str) -> str:
+    if align not in ALIGN_MODES:
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown --align '{align}' (choose from {', '.join(ALIGN_MODES)})")
+    if align != "auto":
+        return align
+    if all(r.source_id for rs in recs for r in rs) and all(
+            len({r.source_id for r in rs}) == len(rs) for rs in recs):
+        return "id"
+    outputs = [{r.output for r in rs} for rs in recs]
+    if len(recs) > 1 and all(len(o) == len(rs) for o, rs in zip(outputs, recs)):
+        shared = len(set.intersection(*outputs))
+        if shared >= 0.5 * min(len(o) for o in outputs):
+            return "output"
+    return "position"
+
+
+def _dataset_rows(inputs: Sequence[Input], coh: dict, align: str = "auto",
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     kinds = [i.name for i in inputs]
     recs = [i.groups[0].records for i in inputs]
     scores = [i.groups[0].scores for i in inputs]
-    by_id = all(r.source_id for rs in recs for r in rs) and all(
-        len({r.source_id for r in rs}) == len(rs) for rs in recs)
-    keyed: list[dict[Any, int]] = [
-        {(r.source_id if by_id else r.source_index): n for n, r in enumerate(rs)} for rs in recs]
+    how = _pairing(recs, align)
+    key_of = {"id": lambda r: r.source_id, "output": lambda r: r.output,
+              "position": lambda r: r.source_index}[how]
+    keyed: list[dict[Any, int]] = [{key_of(r): n for n, r in enumerate(rs)} for rs in recs]
     order: list[Any] = []
     seen: set[Any] = set()
     for table in keyed:
@@ -229,7 +257,7 @@ def _dataset_rows(inputs: Sequence[Input], coh: dict) -> tuple[dict[str, Any],
                 sc["coherence"] = c
             variants.append(_variant(inp.name, rec, sc))
             mask |= 1 << d
-        label = key if by_id else pos
+        label = key if how == "id" else pos
         meta.append([label, mask, "", []])
         rows.append({"i": label, "v": variants, "d": None})
-    return _index("datasets", kinds, meta, Counter()), rows
+    return _index("datasets", kinds, meta, Counter()), rows, how

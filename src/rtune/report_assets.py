@@ -354,6 +354,7 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
   async function render() {
     const my = ++gen;
     const s = state;
+    const t0 = performance.now();
     const browser = $("browser");
     browser.dataset.ready = "0";
     let ids = filterMeta(s);
@@ -374,7 +375,8 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
     $("status").textContent = `${first}–${first + slice.length - (ids.length ? 1 : 0)} of ${ids.length} matching (${IDX.meta.length} in all) · page ${s.page}/${pages}`;
     for (const b of ["prev", "prev2"]) $(b).disabled = s.page <= 1;
     for (const b of ["next", "next2"]) $(b).disabled = s.page >= pages;
-    Object.assign(browser.dataset, {matching: ids.length, page: s.page, pages: pages, ready: "1"});
+    Object.assign(browser.dataset, {matching: ids.length, page: s.page, pages: pages, ready: "1",
+      ms: (performance.now() - t0).toFixed(1)});
     writeState(s);
   }
   function update(change) {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..report import DEFAULT_INLINE_LIMIT_MB, build_report
+from ..report import ALIGN_MODES, DEFAULT_INLINE_LIMIT_MB, build_report
 from .stats import add_common
 
 HELP = "write an HTML report (statistics, figures, record browser)"
@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="report", metavar="DIR",
                    help="output folder")
     p.add_argument("--title", default=None, help="page title")
+    p.add_argument("--align", default="auto", choices=ALIGN_MODES,
+                   help="pair records of several datasets in the browser by id, identical "
+                   "output text or position (auto: id, else output when most match)")
     p.add_argument("--inline-limit-mb", type=float, default=DEFAULT_INLINE_LIMIT_MB,
                    help="record text above this size goes to OUT/data/chunk-N.js files "
                    "loaded on demand instead of inside index.html")
@@ -26,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     res = build_report(args.inputs, args.output, tokenizer=args.tokenizer,
                        coherence=not args.no_coherence, coherence_sample=args.coherence_sample,
-                       inline_limit_mb=args.inline_limit_mb, title=args.title)
+                       inline_limit_mb=args.inline_limit_mb, title=args.title,
+                       align=args.align)
     for note in res.stats.to_dict()["notes"]:
         print(f"note: {note}")
     extra = f" + {res.chunk_files} data chunk files" if res.chunk_files else ""
