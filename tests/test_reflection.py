@@ -74,6 +74,9 @@ def test_tags_inside_code_are_content_not_structure():
     assert not p.flagged
     assert p.output.startswith("Use the `<output>` element:")
     assert p.output.endswith("<output>42</output>\n```")
+    # closing fence and closing tag on one line; inner blank lines kept as they are
+    text = "<thinking>t</thinking><output>a\n\n\n\nb\n```\n<output>c</output>\n```</output>"
+    assert extract_output(text) == ("a\n\n\n\nb\n```\n<output>c</output>\n```", False)
     # only inline code mentions the tag: that is no structure at all
     assert extract_output("Wrap it in `<output>` tags.") == ("Wrap it in `<output>` tags.", True)
 
@@ -141,7 +144,12 @@ def test_recycling_request_and_reply():
     assert good.fallback_reason is None and good.system == reflection_system_prompt()
     assert "<thinking>" in good.system  # the format is explained in the system turn
     assert extract_output(good.output) == ("The coin is on the bed.", False)
-    assert good.to_messages()[0]["role"] == "system"
+    # trains with the stock Llama 3.1 chat template, the system prompt included
+    from rtune.templates import render
+
+    text = render("llama3", good.to_messages())
+    assert "system<|end_header_id|>\n\nCutting Knowledge Date" in text
+    assert f"{good.system}<|eot_id|>" in text and f"{good.output}<|eot_id|>" in text
 
     repaired = parse_reflection_reply(rec, "<thinking>t<reflection>r<output>On the bed.")
     assert repaired.parse_status == "ok" and repaired.fallback_reason.startswith("repaired:")

@@ -32,8 +32,9 @@ NAMESPACE = "reflect"  # run-store namespace of `rtune reflect` results
 # ---------------------------------------------------------------- the parser
 
 _TAG = re.compile(r"<\s*(/?)\s*(thinking|reflection|output)\s*>", re.IGNORECASE)
-# a fenced block: ``` or ~~~ at a line start, up to the same fence at a line start
-_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?^[ \t]*\1[ \t]*$", re.MULTILINE | re.DOTALL)
+# a fenced block: ``` or ~~~ at a line start, up to the same fence at a line start (models
+# often put a closing tag right after the closing fence: "```</output>")
+_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?^[ \t]*\1(?![`~])", re.MULTILINE | re.DOTALL)
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
 
 
@@ -120,7 +121,7 @@ def _blocks(text: str, tags: list[re.Match[str]]) -> tuple[list[_Block], list[st
 
 
 def _strip_tags(text: str) -> str:
-    return re.sub(r"\n{3,}", "\n\n", _TAG.sub("", text)).strip()
+    return _TAG.sub("", text).strip()
 
 
 def _outside(text: str, blocks: list[_Block]) -> str:
@@ -170,7 +171,7 @@ def parse_reflection(text: str | None) -> ReflectionParse:
                 parts.append(text[pos:m.start()])
                 pos = m.end()
         parts.append(text[pos:end])
-        return re.sub(r"\n{3,}", "\n\n", "".join(parts)).strip()
+        return "".join(parts).strip()
 
     thinking = [t for b in blocks if b.name == "thinking" and (t := content(b, keep_tags=True))]
     reflections = [r for b in blocks if b.name == "reflection" and (r := content(b))]
