@@ -1,0 +1,121 @@
+"""Score candidates with a student model: IFD and r-IFD from perplexities and mean losses
+(Selective Reflection-Tuning). TARGET is a run directory (every candidate of the run is scored
+into its store; a rerun skips finished candidates) or a dataset file (written to -o as JSONL
+with the score fields). Multi-GPU: ``accelerate launch -m rtune score ...`` shards the work."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..score_config import ScoreConfig, template_names
+from ..store import STORE_NAME
+from ._common import print_json
+
+HELP = "score candidates with a student model (IFD, r-IFD)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="a run directory, or a dataset file to score")
+    p.add_argument("-o", "--output", default=None,
+                   help="dataset: JSONL to write (default <name>.scored.jsonl beside it); "
+                   "run: also write every candidate with its scores here")
+    p.add_argument("--student", default="local",
+                   help="'local' (embedded SmolLM2-135M-Instruct), 'local:/path' or a path to "
+                   "a Hugging Face model folder or .gguf file")
+    p.add_argument("--template", default="vicuna", choices=template_names(),
+                   help="student prompt; chat = the tokenizer's own chat template")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--max-length", type=int, default=2048,
+                   help="tokens per sequence; longer texts are cut as the authors did "
+                   "(recorded as truncated)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--input-format", default="auto", help="dataset format (auto-detected)")
+    p.add_argument("--force", action="store_true",
+                   help="rescore candidates that already have scores (e.g. a new student)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..score import score_file, score_run, write_run_scores
+
+    config = ScoreConfig(student=args.student, template=args.template,
+                         max_length=args.max_length, batch_size=args.batch_size,
+                         device=args.device, dtype=args.dtype, force=args.force)
+    config.validate()
+    target = Path(args.target)
+    with _Bar(enabled=not args.no_progress) as bar:
+        if (target / STORE_NAME).is_file():
+            summary = score_run(target, config, progress=bar.update)
+            if args.output:
+                summary["output"] = args.output
+                summary["written"] = write_run_scores(target, args.output)
+        else:
+            output = args.output or str(target.with_name(f"{target.stem}.scored.jsonl"))
+            summary = score_file(target, config, output, input_format=args.input_format,
+                                 progress=bar.update)
+    if args.json:
+        print_json(summary)
+        return 0
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: dict) -> None:
+    rate = f", {s['records_per_s']} candidates/s" if s.get("records_per_s") else ""
+    print(f"scored {s.get('scored_now', 0)} candidates now, {s.get('scored_total', '?')}/"
+          f"{s.get('candidates', '?')} in all ({s.get('seconds', 0)} s{rate})")
+    for kind, k in s.get("by_kind", {}).items():
+        ifd = "-" if k["mean_ifd"] is None else f"{k['mean_ifd']:.3f}"
+        rifd = "-" if k["mean_rifd"] is None else f"{k['mean_rifd']:.3f}"
+        print(f"  {kind:8s} {k['scored']:6d} scored  mean IFD {ifd}  mean r-IFD {rifd}  "
+              f"IFD<1 {k['ifd_below_1']}  truncated {k['truncated']}")
+    for reason, n in sorted(s.get("undefined_reasons", {}).items(), key=lambda x: -x[1])[:10]:
+        print(f"  no score ({n}): {reason}")
+    if s.get("output"):
+        print(f"wrote {s['output']}")
+
+
+class _Bar:
+    """A rich progress bar (candidates done, rate, ETA) on a terminal; nothing otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.progress = None
+        self.task = None
+
+    def __enter__(self) -> _Bar:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("[bold]score"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                TimeRemainingColumn(), console=Console(file=sys.stderr))
+            self.progress.__enter__()
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        if self.task is None:
+            self.task = self.progress.add_task("score", total=total, rate="")
+        speed = self.progress.tasks[0].speed
+        rate = f"{speed:.2f} cand/s" if speed else "-- cand/s"
+        self.progress.update(self.task, completed=done, total=total, rate=rate)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(None, None, None)

@@ -1,0 +1,472 @@
+"""Student-model scoring: IFD and r-IFD (DESIGN §3), batched and resumable.
+
+For a candidate (x, y) the student gives four mean token losses (perplexity = exp(loss)):
+
+- ``A_direct``    the answer y alone,
+- ``A_condition`` y after the prompt p(x),
+- ``Q_direct``    the instruction x (+ input) alone,
+- ``Q_condition`` x after p(r(y)), r(y) asking to guess the instruction behind y;
+
+IFD = ppl_A_condition / ppl_A_direct and r-IFD = ppl_Q_condition / ppl_Q_direct (and the same
+ratios of the losses). Texts are tokenized and truncated exactly as the authors' per-record code
+does (the answer alone gets the room the prompt leaves); only the forward passes differ: all four
+sequences of a chunk of candidates are length-sorted and run in padded batches, and the output
+layer is applied only at the target positions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, InputError
+from .records import Record
+from .score_config import SCORE_PROMPTS, ScoreConfig
+from .store import RunStore
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "scores"
+PASSES = ("Q_direct", "A_direct", "Q_condition", "A_condition")
+SCORE_FIELDS = (
+    "ppl_Q_direct", "ppl_A_direct", "ppl_Q_condition", "ppl_A_condition",
+    "loss_Q_direct", "loss_A_direct", "loss_Q_condition", "loss_A_condition",
+    "ifd_ppl", "rifd_ppl", "ifd_loss", "rifd_loss",
+)
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def score_key(rec: Record) -> str:
+    return f"{rec.source_index}:{rec.kind}"
+
+
+@dataclass
+class Seq:
+    """Token ids of one pass; the targets are ``ids[start:]`` (each predicted from the one
+    before it), as with the authors' labels ``-100`` on ``ids[:start]``."""
+
+    ids: list[int]
+    start: int
+
+
+@dataclass
+class Encoded:
+    seqs: dict[str, Seq | None]
+    reasons: dict[str, str]  # pass -> why it has no score
+    truncated: bool
+
+
+class Scorer:
+    """A loaded student model with its prompts; :meth:`score` scores a list of candidates."""
+
+    def __init__(self, config: ScoreConfig, model: Any = None, tokenizer: Any = None):
+        config.validate()
+        self.config = config
+        if model is None or tokenizer is None:
+            from .models import load_model
+
+            model, tokenizer = load_model(config.student, device=config.device,
+                                          dtype=config.dtype)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self._fast_head = _plain_output_layer(model)
+        self._bos = tokenizer.bos_token or None
+        if config.template not in SCORE_PROMPTS:
+            from .templates import check_tokenizer
+
+            check_tokenizer("auto" if config.template == "chat" else config.template, tokenizer)
+
+    # ------------------------------------------------------------------ texts and tokens
+    def prompt(self, instruction: str, input: str = "") -> str:
+        """p(x): the text up to where the answer starts."""
+        table = SCORE_PROMPTS.get(self.config.template)
+        if table is not None:
+            form = table[1] if input else table[0]
+            return form.format_map({"instruction": instruction, "input": input})
+        from .templates import render_prompt
+
+        user = f"{instruction}\n\n{input}" if input else instruction
+        name = "auto" if self.config.template == "chat" else self.config.template
+        return render_prompt(name, user, tokenizer=self.tokenizer)
+
+    def reverse_prompt(self, output: str) -> str:
+        """p(r(y)): the prompt asking the student for the instruction behind ``output``."""
+        return self.prompt(self.config.reverse_prompt.replace("{output}", output))
+
+    def _encode(self, text: str, limit: int | None = None) -> tuple[list[int], bool]:
+        """``tokenizer.encode(text, truncation=True, max_length=limit)`` and whether it cut."""
+        add = not (self._bos and text.startswith(self._bos))  # a rendered chat template has it
+        ids = self.tokenizer(text, add_special_tokens=add)["input_ids"]
+        if limit is None or len(ids) <= limit:
+            return ids, False
+        if limit < 1:
+            return [], True
+        cut = self.tokenizer(text, add_special_tokens=add, truncation=True,
+                             max_length=limit)["input_ids"]
+        return cut, True
+
+    def encode(self, rec: Record) -> Encoded:
+        """The four sequences of a candidate, truncated as the authors' code does."""
+        L = self.config.max_length
+        seqs: dict[str, Seq | None] = dict.fromkeys(PASSES)
+        reasons: dict[str, str] = {}
+        if not rec.output.strip():
+            return Encoded(seqs, {p: "empty answer" for p in PASSES}, False)
+        truncated = False
+        prompt = self.prompt(rec.instruction, rec.input)
+        p_full = len(self._encode(prompt)[0])
+        a_direct, cut1 = self._encode(rec.output, L - min(p_full, L) + 1)
+        a_cond, cut2 = self._encode(prompt + rec.output, L)
+        seqs["A_direct"], seqs["A_condition"] = Seq(a_direct, 1), Seq(a_cond, p_full)
+        truncated |= cut1 or cut2
+        question = rec.prompt_text
+        if not question.strip():
+            reasons["Q_direct"] = reasons["Q_condition"] = "empty instruction"
+        else:
+            reverse = self.reverse_prompt(rec.output)
+            r_full = len(self._encode(reverse)[0])
+            q_direct, cut3 = self._encode(question, L - min(r_full, L) + 1)
+            q_cond, cut4 = self._encode(reverse + question, L)
+            seqs["Q_direct"], seqs["Q_condition"] = Seq(q_direct, 1), Seq(q_cond, r_full)
+            truncated |= cut3 or cut4
+        for name, seq in seqs.items():
+            if seq is not None and seq.start >= len(seq.ids):
+                reasons[name] = (f"{name}: a single token, nothing to predict"
+                                 if seq.start == 1 and not truncated else
+                                 f"{name}: no target tokens left within max_length {L}")
+                seqs[name] = None
+        return Encoded(seqs, reasons, truncated)
+
+    # ------------------------------------------------------------------ forward passes
+    def losses(self, seqs: list[Seq]) -> list[float]:
+        """Mean target-token cross-entropy of each sequence: length-sorted padded batches."""
+        import torch
+
+        out: list[float] = [math.nan] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
+        bs = self.config.batch_size
+        with torch.inference_mode():
+            for b in range(0, len(order), bs):
+                batch = order[b:b + bs]
+                for i, value in zip(batch, self._batch_losses([seqs[i] for i in batch])):
+                    out[i] = value
+        return out
+
+    def _batch_losses(self, seqs: list[Seq]) -> list[float]:
+        import torch
+
+        width = max(len(s.ids) for s in seqs)
+        # Right padding: real tokens keep positions 0..n-1; pads are masked by the attention
+        # mask and never read, so their id (pad == eos for many models) does not matter.
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        rows, cols, labels = [], [], []
+        for r, s in enumerate(seqs):
+            n = len(s.ids)
+            ids[r, :n] = torch.tensor(s.ids)
+            mask[r, :n] = 1
+            rows += [r] * (n - s.start)
+            cols += range(s.start - 1, n - 1)
+            labels += s.ids[s.start:]
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        rows_t = torch.tensor(rows, device=self.device)
+        cols_t = torch.tensor(cols, device=self.device)
+        labels_t = torch.tensor(labels, device=self.device)
+        if self._fast_head:
+            hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask,
+                                              use_cache=False)[0]
+            picked = hidden[rows_t, cols_t]
+            head = self.model.get_output_embeddings()
+            logits_of = lambda sl: head(picked[sl])  # noqa: E731
+        else:
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            picked = logits[rows_t, cols_t]
+            logits_of = lambda sl: picked[sl]  # noqa: E731
+        nll = torch.empty(len(labels), dtype=torch.float32, device=self.device)
+        step = 2048  # rows of vocab-wide logits at a time
+        for a in range(0, len(labels), step):
+            sl = slice(a, a + step)
+            nll[sl] = torch.nn.functional.cross_entropy(
+                logits_of(sl).float(), labels_t[sl], reduction="none")
+        sums = torch.zeros(len(seqs), dtype=torch.float64, device=self.device)
+        sums.index_add_(0, rows_t, nll.double())
+        counts = torch.tensor([len(s.ids) - s.start for s in seqs], dtype=torch.float64)
+        return (sums.cpu() / counts).tolist()
+
+    # ------------------------------------------------------------------ scores
+    def score(self, records: list[Record]) -> list[dict[str, Any]]:
+        """Scores of each candidate (same order), with the authors' field names."""
+        encoded = [self.encode(r) for r in records]
+        flat: list[Seq] = []
+        where: list[tuple[int, str]] = []
+        for i, enc in enumerate(encoded):
+            for name, seq in enc.seqs.items():
+                if seq is not None:
+                    flat.append(seq)
+                    where.append((i, name))
+        values = self.losses(flat) if flat else []
+        losses: list[dict[str, float]] = [{} for _ in records]
+        for (i, name), value in zip(where, values):
+            losses[i][name] = value
+        return [self._result(enc, loss) for enc, loss in zip(encoded, losses)]
+
+    def _result(self, enc: Encoded, losses: dict[str, float]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        reasons = dict(enc.reasons)
+        for name in PASSES:
+            loss = losses.get(name)
+            if loss is not None and not math.isfinite(loss):
+                reasons[name] = f"{name}: non-finite loss"
+                loss = None
+            ppl = None
+            if loss is not None:
+                try:
+                    ppl = math.exp(loss)
+                except OverflowError:
+                    reasons[name] = f"{name}: perplexity overflows (loss {loss:.1f})"
+            out[f"ppl_{name}"], out[f"loss_{name}"] = ppl, loss
+        for ratio, metric, part in (("ifd_ppl", "ppl", "A"), ("rifd_ppl", "ppl", "Q"),
+                                    ("ifd_loss", "loss", "A"), ("rifd_loss", "loss", "Q")):
+            num, den = out[f"{metric}_{part}_condition"], out[f"{metric}_{part}_direct"]
+            out[ratio] = num / den if num is not None and den else None
+            if num is not None and den == 0:
+                reasons[ratio] = f"{ratio}: {metric}_{part}_direct is 0"
+        reason_list = list(dict.fromkeys(reasons.values()))  # "empty answer" once, not 4 times
+        out.update(student=self.student_name, template=self.config.template,
+                   max_length=self.config.max_length, truncated=enc.truncated,
+                   reason="; ".join(reason_list) or None)
+        return out
+
+    @property
+    def student_name(self) -> str:
+        from .models import model_name
+
+        return model_name(self.config.student)
+
+    def iter_chunks(self, records: list[Record]) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+        """Score ``records`` in chunks of ``batch_size`` candidates of similar length; yields
+        ``[(position in records, scores), ...]`` per chunk (length order, not input order)."""
+        order = sorted(range(len(records)), key=lambda i: _size(records[i]))
+        n = self.config.batch_size
+        for a in range(0, len(order), n):
+            chunk = order[a:a + n]
+            yield list(zip(chunk, self.score([records[i] for i in chunk])))
+
+
+def _size(rec: Record) -> int:
+    return len(rec.instruction) + len(rec.input) + len(rec.output)
+
+
+def _plain_output_layer(model: Any) -> bool:
+    """Whether logits are just ``output_layer(final hidden state)`` (no softcapping/scaling),
+    so the output layer can be applied at the target positions only."""
+    cfg = getattr(model, "config", None)
+    if any(getattr(cfg, a, None) not in (None, 1, 1.0) for a in (
+            "final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")):
+        return False
+    try:
+        return model.get_decoder() is not None and model.get_output_embeddings() is not None
+    except (AttributeError, NotImplementedError):
+        return False
+
+
+# ---------------------------------------------------------------------- public API
+
+def score_records(records: Iterable[Record], config: ScoreConfig, *, model: Any = None,
+                  tokenizer: Any = None) -> Iterator[dict[str, Any]]:
+    """Score candidates; yields ``{"index", "source_index", "kind", <scores>}`` per record as
+    each length-bucketed chunk finishes (``index`` = position in ``records``)."""
+    recs = list(records)
+    if not recs:
+        return
+    scorer = Scorer(config, model, tokenizer)
+    for chunk in scorer.iter_chunks(recs):
+        for i, scores in chunk:
+            yield {"index": i, "source_index": recs[i].source_index, "kind": recs[i].kind,
+                   **scores}
+
+
+def score_run(run_dir: str | Path, config: ScoreConfig, *, progress: Progress | None = None,
+              model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Score every candidate of a run into the store (namespace ``scores``, key
+    ``"{source_index}:{kind}"``), skipping keys already scored: a rerun resumes."""
+    config.validate()
+    with RunStore(run_dir, create=False) as store:
+        candidates = list(store.candidates())
+        if not candidates:
+            raise ConfigError(f"{run_dir}: the run has no candidates yet: run rtune recycle "
+                              "first, or score a dataset file")
+        done, seconds = _store_scores(store, candidates, config, progress=progress,
+                                      model=model, tokenizer=tokenizer)
+        summary = _summary(store, candidates, seconds, done)
+        if _process()[0] == 0:
+            store.set_meta("score_config", config.to_dict())
+    summary["run_dir"] = str(run_dir)
+    return summary
+
+
+def score_file(path: str | os.PathLike, config: ScoreConfig, output: str | os.PathLike, *,
+               input_format: str = "auto", progress: Progress | None = None,
+               model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Score a plain dataset (every record a candidate of kind ``orig``) and write it as JSONL
+    with the score fields added to each record. Progress is kept in a hidden store next to
+    ``output`` until it is written, so a killed run resumes."""
+    from .io import read_records
+
+    config.validate()
+    records = list(read_records(path, format=input_format))
+    keys = [score_key(r) for r in records]
+    if len(set(keys)) != len(keys):
+        raise InputError(str(path), "two records share a source_index and kind")
+    output = Path(output)
+    work = output.parent / f".{output.name}.rtune-score"
+    stamp = _file_stamp(path)
+    with RunStore(work) as store:
+        if store.get_meta("input") not in (None, stamp):
+            store.db.execute("DELETE FROM items WHERE ns = ?", (NAMESPACE,))
+        store.set_meta("input", stamp)
+        done, seconds = _store_scores(store, records, config, progress=progress,
+                                      model=model, tokenizer=tokenizer)
+        if _process()[1] > 1:
+            return {"scored_now": done, "note": "data-parallel: rerun in one process to write "
+                    "the output file"}
+        summary = _summary(store, records, seconds, done)
+        scores = dict(store.items(NAMESPACE))
+    _write_scored(records, scores, output)
+    for name in os.listdir(work):
+        os.unlink(work / name)
+    os.rmdir(work)
+    summary.update(input=str(path), output=str(output))
+    return summary
+
+
+def write_run_scores(run_dir: str | Path, output: str | os.PathLike) -> int:
+    """Write every candidate of a run with its scores (flat JSONL, the authors' field names)."""
+    with RunStore(run_dir, create=False) as store:
+        records = list(store.candidates())
+        scores = dict(store.items(NAMESPACE))
+    _write_scored(records, scores, Path(output))
+    return len(records)
+
+
+def scored_rows(records: Iterable[Record], scores: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Each record as a flat dict (provenance fields, extras, then the score fields)."""
+    for rec in records:
+        row = rec.to_dict()
+        extra = row.pop("extra", {})
+        yield {**row, **extra, **(scores.get(score_key(rec)) or {})}
+
+
+# ---------------------------------------------------------------------- internals
+
+def _store_scores(store: RunStore, records: list[Record], config: ScoreConfig, *,
+                  progress: Progress | None, model: Any, tokenizer: Any) -> tuple[int, float]:
+    """Score the records not stored yet; (number scored, seconds of scoring after loading)."""
+    from .models import model_name
+
+    existing = dict(store.items(NAMESPACE))
+    identity = {"student": model_name(config.student), "template": config.template,
+                "max_length": config.max_length}
+    if not config.force:
+        for key, data in existing.items():
+            mine = {k: data.get(k) for k in identity}
+            if mine != identity:
+                raise ConfigError(
+                    f"scores already stored here were made with {mine} (e.g. {key}), not "
+                    f"{identity}: pass --force to rescore everything with the new settings")
+    pending = [r for r in records if config.force or score_key(r) not in existing]
+    rank, world = _process()
+    pending = pending[rank::world]
+    total = len(pending)
+    if progress:
+        progress(0, total)
+    if not pending:
+        return 0, 0.0
+    if config.device == "auto" and world > 1:
+        config = _with_device(config)
+    scorer = Scorer(config, model, tokenizer)
+    started = time.perf_counter()
+    done = 0
+    for chunk in scorer.iter_chunks(pending):
+        store.put_items(NAMESPACE, [(score_key(pending[i]), s) for i, s in chunk])
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+    return done, time.perf_counter() - started
+
+
+def _process() -> tuple[int, int]:
+    """(rank, world size) under ``accelerate launch`` / torchrun, else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1
+    return int(os.environ.get("RANK", "0") or 0), world
+
+
+def _with_device(config: ScoreConfig) -> ScoreConfig:
+    import dataclasses
+
+    from accelerate import PartialState
+
+    return dataclasses.replace(config, device=str(PartialState().device))
+
+
+def _summary(store: RunStore, records: list[Record], seconds: float,
+             done: int) -> dict[str, Any]:
+    scores = dict(store.items(NAMESPACE))
+    by_kind: dict[str, dict[str, Any]] = {}
+    reasons: dict[str, int] = {}
+    for rec in records:
+        s = scores.get(score_key(rec))
+        k = by_kind.setdefault(rec.kind, {"n": 0, "scored": 0, "ifd": [], "rifd": [],
+                                          "truncated": 0})
+        k["n"] += 1
+        if s is None:
+            continue
+        k["scored"] += 1
+        k["truncated"] += bool(s.get("truncated"))
+        for field, name in (("ifd_ppl", "ifd"), ("rifd_ppl", "rifd")):
+            if s.get(field) is not None:
+                k[name].append(s[field])
+        if s.get("reason"):
+            reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    for k in by_kind.values():
+        for name in ("ifd", "rifd"):
+            vals = k.pop(name)
+            k[f"mean_{name}"] = sum(vals) / len(vals) if vals else None
+            k[f"{name}_below_1"] = sum(v < 1 for v in vals)
+    return {"candidates": len(records), "scored_now": done,
+            "scored_total": sum(k["scored"] for k in by_kind.values()),
+            "seconds": round(seconds, 2),
+            "records_per_s": round(done / seconds, 3) if done and seconds > 0 else None,
+            "by_kind": by_kind, "undefined_reasons": reasons}
+
+
+def _file_stamp(path: str | os.PathLike) -> str:
+    st = Path(path).stat()
+    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _write_scored(records: list[Record], scores: dict[str, Any], output: Path) -> None:
+    import json
+    import tempfile
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in scored_rows(records, scores):
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is a plain output file
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,86 @@
+"""Settings of ``rtune score`` (student-model IFD / r-IFD scoring, DESIGN §3)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+# The authors' student prompts (Selective Reflection-Tuning scoring code): (no input, with input).
+SCORE_PROMPTS: dict[str, tuple[str, str]] = {
+    "vicuna": (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant "
+        "gives helpful, detailed, and polite answers to the user's questions. "
+        "USER: {instruction} ASSISTANT:",
+        "A chat between a curious user and an artificial intelligence assistant. The assistant "
+        "gives helpful, detailed, and polite answers to the user's questions. "
+        "USER: {instruction}\nInput:\n{input} ASSISTANT:",
+    ),
+    "alpaca": (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:",
+        "Below is an instruction that describes a task, paired with an input that provides "
+        "further context. Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:",
+    ),
+    "wizardlm": (
+        "{instruction}\n\n### Response:",
+        "{instruction}\n{input}\n\n### Response:",
+    ),
+}
+SCORE_ALIASES = {"wiz": "wizardlm", "fastchat": "vicuna", "auto": "chat"}
+
+# r(y): asks the student to guess the instruction behind an answer (our wording).
+REVERSE_PROMPT = ("Here is an answer that someone wrote for an instruction. Guess the "
+                  "instruction it answers.\n\nAnswer:\n{output}\n\nWrite the instruction that "
+                  "the answer above responds to.")
+
+
+def template_names() -> list[str]:
+    from .templates import TEMPLATES
+
+    names = list(SCORE_PROMPTS) + ["chat"]
+    return names + [t for t in TEMPLATES if t not in names and t != "auto"]
+
+
+@dataclass
+class ScoreConfig:
+    """How the student model scores candidates (defaults: the authors' settings)."""
+
+    student: str = field(default="local", metadata={
+        "help": "'local' (embedded SmolLM2-135M-Instruct), 'local:/path' or a model folder"})
+    template: str = field(default="vicuna", metadata={
+        "help": "student prompt: vicuna (authors' default), alpaca, wizardlm, chat (the "
+        "tokenizer's own chat template) or a training template (llama2, llama3, chatml)"})
+    max_length: int = 2048
+    batch_size: int = 8  # sequences per forward pass (each candidate needs four)
+    device: str = "auto"  # auto: CUDA when available (or accelerate's device), else CPU
+    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
+    reverse_prompt: str = REVERSE_PROMPT
+    force: bool = False  # rescore keys already stored (e.g. with another student)
+
+    def __post_init__(self) -> None:
+        self.template = SCORE_ALIASES.get(self.template.lower(), self.template.lower())
+
+    def validate(self) -> None:
+        """Raise ConfigError for settings that cannot work, before loading any model."""
+        if self.template not in template_names():
+            raise ConfigError(f"unknown student template {self.template!r}: choose one of "
+                              f"{', '.join(template_names())}")
+        if self.max_length < 8:
+            raise ConfigError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if "{output}" not in self.reverse_prompt:
+            raise ConfigError("reverse_prompt must contain the placeholder {output}")
+        if self.dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change the numbers: stored scores must match these to be reused."""
+        return {"student": self.student, "template": self.template,
+                "max_length": self.max_length, "reverse_prompt": self.reverse_prompt}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
