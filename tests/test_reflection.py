@@ -165,6 +165,38 @@ def test_recycling_request_and_reply():
         assert why in again.messages[-1]["content"] and again.key() != req.key()
 
 
+def test_stage_re_asks_a_malformed_reply(oracle_server, tmp_path):
+    import asyncio
+
+    from rtune.oracle import Engine, EngineConfig
+    from rtune.oracle.http import HttpBackend
+    from rtune.reflection import reflection_candidate
+
+    rec = Record(instruction="Where is the coin?", output="In the cup.")
+    prompt = load_prompt("reflection_format")
+
+    async def run(replies: list[str], reask: int) -> Record:
+        oracle_server.script_sequence(replies)
+        with RunStore(tmp_path / str(len(oracle_server.requests))) as store:
+            engine = Engine(HttpBackend(oracle_server.url), store, EngineConfig(max_retries=0))
+            try:
+                return await reflection_candidate(engine, rec, prompt, "m", reask=reask)
+            finally:
+                await engine.backend.aclose()
+
+    fixed = asyncio.run(run(["The coin is on the bed.", COIN_REPLY], reask=1))
+    assert fixed.parse_status == "ok" and fixed.fallback_reason == "re-asked 1x"
+    assert extract_output(fixed.output)[0] == "The coin is on the bed."
+    assert fixed.raw.startswith("The coin is on the bed.\n\n--- re-ask ---")
+    follow_up = oracle_server.requests[1]["messages"]
+    assert follow_up[-2]["content"] == "The coin is on the bed." and "no tags" in follow_up[-1][
+        "content"]
+    given_up = asyncio.run(run(["nope", "<output>still no thinking</output>"], reask=1))
+    assert given_up.parse_status == "fallback" and given_up.output == "In the cup."
+    assert given_up.fallback_reason == "no <thinking>, kept the original answer; re-asked 1x"
+    assert len(oracle_server.requests) == 4
+
+
 def test_recycle_stage_reflection_format_end_to_end(oracle_server, tmp_path):
     from rtune.recycle import recycle
     from rtune.recycle_config import RecycleConfig

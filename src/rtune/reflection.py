@@ -310,6 +310,34 @@ def parse_reflection_reply(record: Record, text: str | None, *,
     return cand
 
 
+async def reflection_candidate(engine: Any, record: Record, prompt: Prompt, model: str, *,
+                               with_example: bool = False, temperature: float = 0.0,
+                               max_tokens: int = 2048, reask: int = 1,
+                               system: str | None = None) -> Record:
+    """The whole ``reflection-format`` stage for one record: ask, re-ask up to ``reask`` times
+    while the reply is malformed, and build the candidate (``fallback`` with the reason when
+    every reply was malformed). Raises the engine's errors when the oracle cannot be reached."""
+    request = build_reflection_request(record, prompt, model, with_example=with_example,
+                                       temperature=temperature, max_tokens=max_tokens)
+    text = (await engine.complete(request, stage="reflection-format")).text
+    raws = [text]
+    problem = check_reflection_reply(text)[1]
+    for _ in range(reask):
+        if problem is None:
+            break
+        request = build_reflection_reask(request, text, problem)
+        text = (await engine.complete(request, stage="reflection-format:reask")).text
+        raws.append(text)
+        problem = check_reflection_reply(text)[1]
+    cand = parse_reflection_reply(record, text, system=system)
+    cand.oracle_model, cand.prompt_id, cand.prompt_version = model, prompt.id, prompt.version
+    cand.raw = "\n\n--- re-ask ---\n\n".join(raws)
+    if len(raws) > 1:
+        note = f"re-asked {len(raws) - 1}x"
+        cand.fallback_reason = f"{cand.fallback_reason}; {note}" if cand.fallback_reason else note
+    return cand
+
+
 # ---------------------------------------------------------------- inference modes
 
 MODES = ("format", "loop")
@@ -554,5 +582,5 @@ def add_reflection_special_tokens(tokenizer: Any, model: Any = None, *,
 __all__ = ["MODES", "SPECIAL_TOKENS", "TAGS", "ReflectionParse", "Reflector",
            "add_reflection_special_tokens", "build_reflection_reask", "build_reflection_request",
            "canonical_reflection", "check_reflection_reply", "extract_output",
-           "format_reflection", "parse_reflection", "parse_reflection_reply", "question_text",
+           "format_reflection", "parse_reflection", "reflection_candidate", "parse_reflection_reply", "question_text",
            "reflect", "reflection_system_prompt"]
