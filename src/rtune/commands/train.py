@@ -6,6 +6,7 @@ configs/fsdp.yaml -m rtune train ..."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..io import INPUT_FORMATS
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"rtune train: {msg}", file=sys.stderr)
 
     result = train(args.data, config, echo=echo)
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return 0  # under accelerate / torchrun only the main process reports
     if args.json:
         from ._common import print_json
 
