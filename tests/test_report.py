@@ -291,3 +291,23 @@ def test_datasets_paired_by_output_text_when_order_differs(tmp_path):
     write_report(stats, tmp_path / "pos", align="position")
     _, rows = page_data(tmp_path / "pos" / "index.html")
     assert rows[0]["v"][1]["ins"] == "q 3 merged with in 3"
+
+
+def test_partial_and_empty_runs(tmp_path, browser):
+    with RunStore(tmp_path / "only-sources") as st:
+        st.add_sources(Record(instruction=f"q {i}", output=f"a {i}", source_index=i)
+                       for i in range(3))
+    res = write_report(compute_stats([load_input(tmp_path / "only-sources")], WORDS),
+                       tmp_path / "o1")
+    assert [p.name for p in res.figures] == ["lengths.png"]
+    idx, rows = page_data(res.index)
+    assert idx["kinds"] == ["orig"] and [r["d"] for r in rows] == [None] * 3
+    RunStore(tmp_path / "empty").close()
+    res = write_report(compute_stats([load_input(tmp_path / "empty")], WORDS), tmp_path / "o2")
+    assert res.figures == [] and res.records == 0
+    assert "No figure has data yet" in res.index.read_text()
+    page = Page(browser)
+    page.goto(res.index.as_uri())
+    s = page.js(SNAP)
+    assert (s["matching"], s["pages"], s["idx"], s["errors"]) == (0, 1, [], "")
+    assert page.errors() == []

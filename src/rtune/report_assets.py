@@ -359,8 +359,15 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
     browser.dataset.ready = "0";
     let ids = filterMeta(s);
     if (s.q) {
-      $("status").textContent = "searching…";
-      await loadFor(ids);
+      const need = [...new Set(ids.map((p) => Math.floor(p / IDX.chunk)))];
+      for (let k = 0; k < need.length; k++) {
+        if (k % 8 === 0) {  // let the page repaint and newer requests take over
+          $("status").textContent = `searching… ${k}/${need.length} data chunks`;
+          await new Promise((r) => setTimeout(r, 0));
+          if (my !== gen) return;
+        }
+        await loadChunk(need[k]);
+      }
       if (my !== gen) return;
       const q = s.q.toLowerCase();
       ids = ids.filter((p) => hay(p).includes(q));

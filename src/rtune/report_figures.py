@@ -57,7 +57,7 @@ def length_figure(stats: Stats) -> bytes | None:
         ax.set_title(f"{title} length")
         ax.set_xlabel(stats.lengths.unit)
         ax.set_ylabel("density")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
     return _png(fig)
 
 
@@ -77,7 +77,7 @@ def coherence_figure(stats: Stats) -> bytes | None:
     ax.set_title("instruction-response coherence (cosine, all-MiniLM-L6-v2)")
     ax.set_xlabel("cosine similarity")
     ax.set_ylabel("density")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     return _png(fig)
 
 
@@ -117,7 +117,7 @@ def ifd_figure(stats: Stats) -> bytes | None:
     ax.set_xlabel("IFD (ppl)")
     ax.set_ylabel("r-IFD (ppl)")
     ax.set_title("candidates: IFD vs r-IFD by selection decision")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     return _png(fig)
 
 
