@@ -293,6 +293,8 @@ def test_verdict_and_question_helpers():
     assert question_text({"Instruction": "Q1"}) == "Q1"
     assert question_text({"conversations": [{"from": "human", "value": "Q2"}]}) == "Q2"
     assert question_text({"text": "Q3", "id": 1}) == "Q3"
+    assert question_text({"instruction": "Q4", "instances": [{"input": "x", "output": ""}]}) \
+        == "Q4\n\nx"
     with pytest.raises(Exception, match="field 'question'"):
         question_text({"answer": "no question"}, "q.jsonl")
 
@@ -375,3 +377,11 @@ def test_tiny_model_trained_on_tagged_data_generates_parseable_text(tiny_llama_p
     parsed = parse_reflection(text)
     assert parsed.output == "on the bed" and parsed.reflections == ["flip"], (text, loss)
     assert re.fullmatch(r"<thinking>.*</output>", text.strip(), re.DOTALL)
+
+    # the trade-off of special=True: a decode that skips special tokens drops the tags
+    special = AutoTokenizer.from_pretrained(tiny_llama_path)
+    assert add_reflection_special_tokens(special, special=True) == 6
+    ids = special(answer, add_special_tokens=False)["input_ids"]
+    assert len(ids) < len(AutoTokenizer.from_pretrained(tiny_llama_path)(answer)["input_ids"])
+    assert extract_output(special.decode(ids, skip_special_tokens=True))[1]  # no tags left
+    assert not extract_output(special.decode(ids))[1]

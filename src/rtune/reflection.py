@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,7 @@ def format_reflection(thinking: str, output: str, reflections: Sequence[str] = (
 # ---------------------------------------------------------------- recycling stage
 
 
+@lru_cache(maxsize=8)
 def reflection_system_prompt(prompts_dir: str | Path | None = None) -> str:
     """The system prompt of the format (also the system turn of its training records)."""
     return (load_prompt("reflection_system", prompts_dir).system or "").strip()
@@ -363,6 +365,10 @@ def question_text(item: str | dict[str, Any], where: str = "questions") -> str:
                 first, dict) else first
         if isinstance(value, str) and value.strip():
             extra = lower.get("input")
+            instances = lower.get("instances")  # Self-Instruct test set: the first instance
+            if not extra and isinstance(instances, list) and instances and isinstance(
+                    instances[0], dict):
+                extra = instances[0].get("input")
             if key == "instruction" and isinstance(extra, str) and extra.strip():
                 return f"{value}\n\n{extra}"
             return value
@@ -565,15 +571,10 @@ def add_reflection_special_tokens(tokenizer: Any, model: Any = None, *,
 
     Off by default in training. By default the tags become added (not special) tokens: atomic,
     yet kept by ``decode(skip_special_tokens=True)``; ``special=True`` registers them as special
-    tokens, which such a decode strips, so the parser would then find no tags. New rows start
-    at the mean of the old embeddings. Returns how many tokens were new.
+    tokens, which such a decode strips, so the parser would then find no tags. New rows are
+    drawn around the mean of the old embeddings (``mean_resizing``). Returns how many tokens were new.
     """
-    if special:
-        added = tokenizer.add_special_tokens(
-            {"additional_special_tokens": list(SPECIAL_TOKENS)},
-            replace_additional_special_tokens=False)
-    else:
-        added = tokenizer.add_tokens(list(SPECIAL_TOKENS))
+    added = tokenizer.add_tokens(list(SPECIAL_TOKENS), special_tokens=special)
     if model is not None and added:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     return added
@@ -582,5 +583,5 @@ def add_reflection_special_tokens(tokenizer: Any, model: Any = None, *,
 __all__ = ["MODES", "SPECIAL_TOKENS", "TAGS", "ReflectionParse", "Reflector",
            "add_reflection_special_tokens", "build_reflection_reask", "build_reflection_request",
            "canonical_reflection", "check_reflection_reply", "extract_output",
-           "format_reflection", "parse_reflection", "reflection_candidate", "parse_reflection_reply", "question_text",
-           "reflect", "reflection_system_prompt"]
+           "format_reflection", "parse_reflection", "parse_reflection_reply", "question_text",
+           "reflect", "reflection_candidate", "reflection_system_prompt"]
