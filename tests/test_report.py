@@ -276,14 +276,18 @@ def test_browser_lazy_chunk_files(browser, tmp_path):
 
 
 def test_datasets_paired_by_output_text_when_order_differs(tmp_path):
+    def answer(i: int) -> str:
+        return f"answer {1 if i == 24 else i}"  # one repeated output, as in real data
+
     a = _dataset(tmp_path / "a.json", [{"instruction": f"q {i}", "input": f"in {i}",
-                                        "output": f"answer {i}"} for i in range(4)])
+                                        "output": answer(i)} for i in range(25)])
+    order = [3, 1, 24, 0, 2, *range(4, 24)]
     b = _dataset(tmp_path / "b.json", [{"instruction": f"q {i} merged with in {i}",
-                                        "output": f"answer {i}"} for i in (3, 1, 0, 2)])
+                                        "output": answer(i)} for i in order])
     stats = compute_stats([load_input(a), load_input(b)], WORDS)
     write_report(stats, tmp_path / "out")
     idx, rows = page_data(tmp_path / "out" / "index.html")
-    assert len(rows) == 4
+    assert len(rows) == 25
     for row in rows:
         orig, merged = row["v"]
         assert merged["ins"] == f"{orig['ins']} merged with {orig['inp']}"

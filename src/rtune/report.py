@@ -220,7 +220,7 @@ def _pairing(recs: list[list[Record]], align: str) -> str:
             len({r.source_id for r in rs}) == len(rs) for rs in recs):
         return "id"
     outputs = [{r.output for r in rs} for rs in recs]
-    if len(recs) > 1 and all(len(o) == len(rs) for o, rs in zip(outputs, recs)):
+    if len(recs) > 1 and all(len(o) >= 0.95 * len(rs) for o, rs in zip(outputs, recs)):
         shared = len(set.intersection(*outputs))
         if shared >= 0.5 * min(len(o) for o in outputs):
             return "output"
@@ -235,7 +235,15 @@ def _dataset_rows(inputs: Sequence[Input], coh: dict, align: str = "auto",
     how = _pairing(recs, align)
     key_of = {"id": lambda r: r.source_id, "output": lambda r: r.output,
               "position": lambda r: r.source_index}[how]
-    keyed: list[dict[Any, int]] = [{key_of(r): n for n, r in enumerate(rs)} for rs in recs]
+    keyed: list[dict[Any, int]] = []
+    for rs in recs:  # repeated keys pair up in order: (key, 0), (key, 1), ...
+        seen_n: Counter[Any] = Counter()
+        table = {}
+        for n, r in enumerate(rs):
+            k = key_of(r)
+            table[(k, seen_n[k])] = n
+            seen_n[k] += 1
+        keyed.append(table)
     order: list[Any] = []
     seen: set[Any] = set()
     for table in keyed:
@@ -257,7 +265,7 @@ def _dataset_rows(inputs: Sequence[Input], coh: dict, align: str = "auto",
                 sc["coherence"] = c
             variants.append(_variant(inp.name, rec, sc))
             mask |= 1 << d
-        label = key if how == "id" else pos
+        label = key[0] if how == "id" and not key[1] else pos
         meta.append([label, mask, "", []])
         rows.append({"i": label, "v": variants, "d": None})
     return _index("datasets", kinds, meta, Counter()), rows, how
