@@ -151,6 +151,9 @@ def test_compare_datasets_cli(tmp_path, tiny_llama_path, capsys):
     assert [v["k"] for v in by_id["r2"]["v"]] == ["a.json", "b.json"]
     assert by_id["r2"]["v"][1]["ins"] == "q 2 harder"
     assert [v["k"] for v in by_id["r7"]["v"]] == ["b.json"]
+    flags = {r: [idx["reasons"][k] for k in m[3]] for r, m in zip(by_id, idx["meta"])}
+    assert flags["r0"] == ["instruction differs", "response differs"]
+    assert flags["r7"] == ["missing in a.json"]
 
 
 # ---------------------------------------------------------------- headless Chromium
@@ -314,4 +317,24 @@ def test_partial_and_empty_runs(tmp_path, browser):
     page.goto(res.index.as_uri())
     s = page.js(SNAP)
     assert (s["matching"], s["pages"], s["idx"], s["errors"]) == (0, 1, [], "")
+    assert page.errors() == []
+
+
+def test_browser_dataset_differences(tmp_path, browser):
+    a = _dataset(tmp_path / "a.json", [{"instruction": f"q {i}", "output": f"answer {i}"}
+                                       for i in range(30)])
+    b = _dataset(tmp_path / "b.json", [{"instruction": f"q {i}" + (" more" if i % 3 else ""),
+                                        "output": f"answer {i}"} for i in range(30)])
+    res = write_report(compute_stats([load_input(a), load_input(b)], WORDS), tmp_path / "out")
+    page = Page(browser)
+    page.goto(res.index.as_uri())
+    s = page.js(SNAP)
+    assert (s["matching"], s["kinds"][0]) == (30, "a.json,b.json")
+    s = page.js(choose("f-reason", "any"))
+    assert s["idx"] == [i for i in range(30) if i % 3]
+    added = page.js("return [...document.querySelectorAll('.col[data-kind=\"b.json\"] ins')]"
+                    ".map(e => e.textContent.trim());")
+    assert set(added) == {"more"}
+    s = page.js(choose("f-reason", "none"))
+    assert s["idx"] == list(range(0, 30, 3)) and s["errors"] == ""
     assert page.errors() == []

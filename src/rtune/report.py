@@ -252,11 +252,14 @@ def _dataset_rows(inputs: Sequence[Input], coh: dict, align: str = "auto",
                 seen.add(key)
                 order.append(key)
     rows, meta = [], []
+    flags: Counter[str] = Counter()
     for pos, key in enumerate(order):
-        variants, mask = [], 0
+        variants, mask, why = [], 0, []
         for d, (table, inp) in enumerate(zip(keyed, inputs)):
             n = table.get(key)
             if n is None:
+                if len(inputs) > 1:
+                    why.append(f"missing in {inp.name}")
                 continue
             rec = recs[d][n]
             sc = dict(scores[d][n])
@@ -265,7 +268,13 @@ def _dataset_rows(inputs: Sequence[Input], coh: dict, align: str = "auto",
                 sc["coherence"] = c
             variants.append(_variant(inp.name, rec, sc))
             mask |= 1 << d
+        base = variants[0]
+        if any(v["ins"] != base["ins"] or v.get("inp") != base.get("inp") for v in variants):
+            why.append("instruction differs")
+        if any(v["out"] != base["out"] for v in variants):
+            why.append("response differs")
+        flags.update(why)
         label = key[0] if how == "id" and not key[1] else pos
-        meta.append([label, mask, "", []])
+        meta.append([label, mask, "", why])
         rows.append({"i": label, "v": variants, "d": None})
-    return _index("datasets", kinds, meta, Counter()), rows, how
+    return _index("datasets", kinds, meta, flags), rows, how

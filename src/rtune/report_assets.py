@@ -123,7 +123,7 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
 <div class="controls">
 <label>kind <select id="f-kind"></select></label>
 <label>decision <select id="f-decision"></select></label>
-<label>fallback <select id="f-reason"></select></label>
+<label><span id="f-reason-label">fallback</span> <select id="f-reason"></select></label>
 <input id="f-q" type="search" placeholder="search all text (Enter)">
 <label><input type="checkbox" id="f-diff" checked> word diff vs. original</label>
 <label>per page <select id="f-per"><option>10</option><option>20</option><option>50</option>
@@ -405,9 +405,11 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
       option(dec, "dropped", "dropped");
       option(dec, "undecided", "no decision");
     } else dec.disabled = true;
+    const run = IDX.mode === "run";
+    if (!run) $("f-reason-label").textContent = "difference";
     option(rea, "", "all");
-    option(rea, "any", "any fallback/failure");
-    option(rea, "none", "none");
+    option(rea, "any", run ? "any fallback/failure" : "any difference");
+    option(rea, "none", run ? "none" : "identical");
     IDX.reasons.forEach((r, i) => option(rea, String(i), `${r} (${IDX.reason_counts[i]})`));
     kind.addEventListener("change", () => update({kind: kind.value, page: 1}));
     dec.addEventListener("change", () => update({decision: dec.value, page: 1}));
