@@ -156,6 +156,23 @@ def test_same_request_in_flight_is_computed_once(backend: LocalBackend):
     assert a.text == b.text and backend.batch_sizes == [1]
 
 
+def test_a_failing_batch_fails_its_calls_and_the_next_run_works(backend: LocalBackend):
+    def boom(prompts, **kwargs):
+        raise RuntimeError("out of memory")
+
+    good = backend.generate
+    backend.generate = boom  # type: ignore[method-assign]
+    with pytest.raises(PermanentError, match="local_generation.*out of memory"):
+        asyncio.run(_gather(backend, [_req("hi", max_tokens=2)]))
+    backend._plan = lambda jobs: 1 / 0  # type: ignore[method-assign]  # a batcher bug
+    with pytest.raises(PermanentError, match="local_batcher"):
+        asyncio.run(asyncio.wait_for(_gather(backend, [_req("hi", max_tokens=2)]), 10))
+    del backend._plan
+    backend.generate = good  # type: ignore[method-assign]
+    [res] = asyncio.run(_gather(backend, [_req("hi", max_tokens=2)]))
+    assert res.tokens_out == 2
+
+
 def test_engine_store_and_resume(backend: LocalBackend, tmp_path: Path):
     reqs = [_req(p, max_tokens=6) for p in PROMPTS[:5]]
     with RunStore(tmp_path / "run") as store:

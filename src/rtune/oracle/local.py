@@ -163,6 +163,16 @@ class LocalBackend:
                 self._queue = asyncio.Queue()
             self._loop = loop
             self._worker = loop.create_task(self._work(), name="rtune-local-batcher")
+            self._worker.add_done_callback(self._worker_died)
+
+    def _worker_died(self, task: asyncio.Task[None]) -> None:
+        """A bug in the batcher must fail the waiting calls, not leave them hanging."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = PermanentError("local_batcher", repr(task.exception()))
+        for future in list(self._inflight.values()):
+            if not future.done() and future.get_loop() is task.get_loop():
+                future.set_exception(error)
 
     async def _work(self) -> None:
         assert self._queue is not None
