@@ -201,3 +201,20 @@ def test_gather_and_cli_table(tmp_path, tiny_llama_path, capsys):
 def test_missing_input_is_an_input_error(tmp_path, capsys):
     assert main(["stats", str(tmp_path / "nope.json"), "--no-coherence"]) == 2
     assert "nope.json" in capsys.readouterr().err
+
+
+def test_other_kinds_and_multi_kind_decisions(tmp_path):
+    with RunStore(tmp_path / "run") as st:
+        src = [Record(instruction="a b c", input="x y", output="o", source_index=i)
+               for i in range(2)]
+        st.add_sources(src)
+        st.put_candidate(src[0].derive("compress", instruction="merged a b c x y", input=""))
+        st.put_candidate(src[0].derive("res", output="better o"))
+        st.put_item("selection", "0", {"policy": "all", "kept": "orig,compress,res",
+                                       "case": "all", "reason": ""})
+    inp = load_input(tmp_path / "run")
+    assert inp.run.kinds == ["orig", "compress", "res"]
+    d = compute_stats([inp], WORDS).to_dict()
+    groups = {g["group"]: g["count"] for g in d["groups"]}
+    assert groups == {"orig": 2, "compress": 1, "res": 1, "selected": 3}
+    assert d["runs"]["run"]["selection"]["kept"] == {"orig": 1, "compress": 1, "res": 1}

@@ -20,7 +20,7 @@ from typing import Any
 from .records import Record
 from .report_assets import PAGE
 from .report_figures import all_figures
-from .stats import DEFAULT_COHERENCE_SAMPLE, RUN_KINDS, SCORE_FIELDS, Input, Stats, gather
+from .stats import DEFAULT_COHERENCE_SAMPLE, SCORE_FIELDS, Input, Stats, gather
 
 CHUNK_ROWS = 200
 ALIGN_MODES = ("auto", "id", "output", "position")
@@ -177,7 +177,7 @@ def _index(mode: str, kinds: list[str], meta: list[list[Any]],
 def _run_rows(inp: Input, coh: dict) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     run = inp.run
     assert run is not None
-    kinds = [k for k in RUN_KINDS if run.candidates[k] or (k == "orig" and run.sources)]
+    kinds = run.kinds
     indices = sorted(set(run.sources).union(*(set(c) for c in run.candidates.values()),
                                             run.selection))
     rows, meta = [], []

@@ -193,7 +193,7 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
       if (s.decision) {
         const d = m[2];
         if (s.decision === "kept" && (d === "" || d === "-")) continue;
-        if (s.decision.startsWith("kept:") && d !== s.decision.slice(5)) continue;
+        if (s.decision.startsWith("kept:") && !d.split(",").includes(s.decision.slice(5))) continue;
         if (s.decision === "dropped" && d !== "-") continue;
         if (s.decision === "undecided" && d !== "") continue;
       }
@@ -314,7 +314,7 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
     for (const v of r.v) {
       if (s.kind && v !== base && v.k !== s.kind) continue;
       const col = el("div", "col");
-      if (r.d && r.d.kept === v.k) col.classList.add("kept");
+      if (r.d && r.d.kept && r.d.kept.split(",").includes(v.k)) col.classList.add("kept");
       col.dataset.kind = v.k;
       const h = el("h3", "", v.k);
       if (v.st && v.st !== "ok") h.appendChild(el("span", "badge " + v.st, v.st));

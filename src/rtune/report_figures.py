@@ -6,7 +6,7 @@ import io
 from collections import Counter
 from typing import Any
 
-from .stats import GroupStats, Stats
+from .stats import GroupStats, Stats, kept_kinds
 
 DECISION_COLORS = {"kept": "#2a9d3a", "not kept": "#9aa4b1", "source dropped": "#d1495b",
                    "no decision": "#3b6fb6"}
@@ -85,7 +85,7 @@ def candidate_decision(selection: dict[int, dict[str, Any]], idx: int, kind: str
     d = selection.get(idx)
     if d is None:
         return "no decision"
-    if d.get("kept") == kind:
+    if kind in kept_kinds(d):
         return "kept"
     return "not kept" if d.get("kept") else "source dropped"
 

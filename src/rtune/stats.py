@@ -18,12 +18,12 @@ from typing import Any
 
 from .errors import InputError
 from .io import read_records
-from .records import Record
+from .records import KINDS, Record
 from .store import STORE_NAME, RunStore
 
 log = logging.getLogger(__name__)
 
-RUN_KINDS = ("orig", "ins", "res", "both")
+RUN_KINDS = ("orig", "ins", "res", "both")  # always looked for; other kinds shown when present
 SCORE_FIELDS = ("ifd_ppl", "rifd_ppl", "ifd_loss", "rifd_loss", "ppl_A_direct",
                 "ppl_A_condition", "ppl_Q_direct", "ppl_Q_condition")
 DEFAULT_COHERENCE_SAMPLE = 500
@@ -47,12 +47,17 @@ class RunData:
     """Everything a run directory holds so far; missing stages leave their parts empty."""
 
     sources: dict[int, Record]
-    candidates: dict[str, dict[int, Record]]
+    candidates: dict[str, dict[int, Record]]  # kind -> source index -> candidate
     scores: dict[str, dict[str, Any]]
     selection: dict[int, dict[str, Any]]
     calls: dict[str, Any]
     call_failures: dict[str, int]
     invalid: list[dict[str, Any]]
+
+    @property
+    def kinds(self) -> list[str]:
+        """Candidate kinds present, in pipeline order (orig first when there are sources)."""
+        return [k for k in self.candidates if self.candidates[k] or (k == "orig" and self.sources)]
 
     def record(self, idx: int, kind: str) -> Record | None:
         rec = self.candidates.get(kind, {}).get(idx)
@@ -94,19 +99,22 @@ def load_input(path: str | Path, name: str | None = None) -> Input:
 def _load_run(path: Path, name: str) -> Input:
     with RunStore(path, create=False) as store:
         sources = {r.source_index: r for r in store.sources()}
-        candidates = {k: {r.source_index: r for r in store.candidates(k)} for k in RUN_KINDS}
+        present = set(store.candidate_counts())
+        order = {k: n for n, k in enumerate(KINDS)}
+        kinds = sorted(present | set(RUN_KINDS), key=lambda k: (order.get(k, len(order)), k))
+        candidates = {k: {r.source_index: r for r in store.candidates(k)} for k in kinds}
         scores = dict(store.items("scores"))
         selection = {int(k): v for k, v in store.items("selection")}
         run = RunData(sources, candidates, scores, selection, store.call_totals(),
                       store.failure_counts(), store.invalid())
     groups = []
-    for kind in RUN_KINDS:
+    for kind in run.kinds:
         recs = run.candidates[kind] or (sources if kind == "orig" else {})
         if recs:
             ordered = [recs[i] for i in sorted(recs)]
             groups.append(Group(name, kind, ordered,
                                 [scores.get(f"{r.source_index}:{kind}", {}) for r in ordered]))
-    kept = [(i, d["kept"]) for i, d in sorted(selection.items()) if d.get("kept")]
+    kept = [(i, k) for i, d in sorted(selection.items()) for k in kept_kinds(d)]
     sel = [(run.record(i, k), scores.get(f"{i}:{k}", {})) for i, k in kept]
     sel = [(r, s) for r, s in sel if r is not None]
     if sel:
@@ -280,6 +288,12 @@ def compute_stats(inputs: Sequence[Input], lengths: LengthCounter,
     return Stats(list(inputs), out, lengths, coherence_note, coherence_model, notes)
 
 
+def kept_kinds(decision: dict[str, Any] | None) -> list[str]:
+    """The kinds a selection decision keeps ("kept" is one kind, or several comma-separated)."""
+    kept = (decision or {}).get("kept")
+    return [k for k in str(kept).split(",") if k] if kept else []
+
+
 def run_summary(run: RunData) -> dict[str, Any]:
     """Oracle usage, parse/fallback rates by reason, call failures, selection counts."""
     parse: dict[str, Any] = {}
@@ -301,7 +315,7 @@ def run_summary(run: RunData) -> dict[str, Any]:
         selection = {
             "decisions": len(run.selection),
             "policies": dict(Counter(str(d.get("policy")) for d in sel)),
-            "kept": dict(Counter(d["kept"] for d in sel if d.get("kept"))),
+            "kept": dict(Counter(k for d in sel for k in kept_kinds(d))),
             "dropped": sum(1 for d in sel if not d.get("kept")),
             "cases": dict(Counter(str(d.get("case")) for d in sel)),
         }
