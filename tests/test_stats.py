@@ -218,3 +218,15 @@ def test_other_kinds_and_multi_kind_decisions(tmp_path):
     groups = {g["group"]: g["count"] for g in d["groups"]}
     assert groups == {"orig": 2, "compress": 1, "res": 1, "selected": 3}
     assert d["runs"]["run"]["selection"]["kept"] == {"orig": 1, "compress": 1, "res": 1}
+
+
+def test_no_tokenizer_falls_back_to_words_with_a_note(monkeypatch):
+    import rtune.models
+
+    def broken(spec="local"):
+        raise FileNotFoundError("embedded model missing")
+
+    monkeypatch.setattr(rtune.models, "resolve_model", broken)
+    lc = make_length_counter(None)
+    assert (lc.unit, lc.count(["one two  three", ""])) == ("words", [3, 0])
+    assert "embedded model missing" in lc.note
