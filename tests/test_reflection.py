@@ -103,6 +103,13 @@ def test_missing_output_falls_back_and_is_flagged(text, output, reason):
     assert extract_output(text) == (output, True)
 
 
+@pytest.mark.timeout(30)
+def test_parser_is_linear_in_the_number_of_tags():
+    # 20,000 unclosed reflections between inline code: took minutes when it was quadratic
+    p = parse_reflection("`x` <reflection>a " * 20000 + "<output>done")
+    assert p.output == "done" and len(p.reflections) == 20000
+
+
 _plain = st.text(st.characters(blacklist_characters="<>`", blacklist_categories=("Cs",)),
                  max_size=40).map(str.strip).filter(bool)
 

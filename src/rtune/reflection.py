@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -67,18 +68,28 @@ class _Block:
     closed: bool = False
 
 
-def _code_spans(text: str, *, fences: bool = True) -> list[tuple[int, int]]:
-    spans = [m.span() for m in _FENCE.finditer(text)] if fences else []
-    for m in _INLINE_CODE.finditer(text):
-        if not any(a <= m.start() < b for a, b in spans):
-            spans.append(m.span())
-    return spans
+class _Spans:
+    """Sorted, non-overlapping character ranges with a fast membership test."""
+
+    def __init__(self, spans: list[tuple[int, int]]):
+        self.spans = sorted(spans)
+        self.starts = [a for a, _ in self.spans]
+
+    def __contains__(self, pos: int) -> bool:
+        i = bisect_right(self.starts, pos) - 1
+        return i >= 0 and pos < self.spans[i][1]
+
+
+def _code_spans(text: str, *, fences: bool = True) -> _Spans:
+    fenced = _Spans([m.span() for m in _FENCE.finditer(text)] if fences else [])
+    inline = [m.span() for m in _INLINE_CODE.finditer(text) if m.start() not in fenced]
+    return _Spans(fenced.spans + inline)
 
 
 def _tags(text: str, *, fences: bool) -> list[re.Match[str]]:
     """Tag matches outside inline code, and outside fenced blocks when ``fences``."""
-    spans = _code_spans(text, fences=fences)
-    return [m for m in _TAG.finditer(text) if not any(a <= m.start() < b for a, b in spans)]
+    code = _code_spans(text, fences=fences)
+    return [m for m in _TAG.finditer(text) if m.start() not in code]
 
 
 def _blocks(text: str, tags: list[re.Match[str]]) -> tuple[list[_Block], list[str]]:
@@ -161,16 +172,19 @@ def parse_reflection(text: str | None) -> ReflectionParse:
     blocks, repairs = _blocks(text, tags)
     notes.extend(dict.fromkeys(repairs))  # de-duplicated, in order
 
+    tag_starts = [m.start() for m in tags]
+
     def content(b: _Block, *, keep_tags: bool = False) -> str:
         """The block's text without the real tags inside it (tags in code stay)."""
         end = b.end if b.end is not None else len(text)
         if keep_tags:
             return text[b.start:end].strip()
         parts, pos = [], b.start
-        for m in tags:
-            if b.start <= m.start() and m.end() <= end:
-                parts.append(text[pos:m.start()])
-                pos = m.end()
+        i = bisect_left(tag_starts, b.start)
+        while i < len(tags) and tags[i].end() <= end:
+            parts.append(text[pos:tags[i].start()])
+            pos = tags[i].end()
+            i += 1
         parts.append(text[pos:end])
         return "".join(parts).strip()
 
