@@ -332,6 +332,12 @@ def test_cli_single_question_and_file(oracle_server, tmp_path, capsys):
     assert main(["reflect", str(bad), "--oracle", oracle_server.url, "--model", "m"]) == 2
     assert "bad.jsonl, line 2" in capsys.readouterr().err
     assert main(["reflect", "x", "--oracle", oracle_server.url]) == 2  # no --model
+    assert main(["reflect", str(tmp_path / "missing.jsonl"), "--oracle", oracle_server.url,
+                 "--model", "m"]) == 2
+    assert "missing.jsonl: file not found" in capsys.readouterr().err
+    assert main(["reflect", "What is in a config.json", "--oracle", oracle_server.url,
+                 "--model", "m"]) == 0  # a question, not a file
+    assert capsys.readouterr().out == "The coin is on the bed.\n"
     assert main(["reflect", "x", "--oracle", oracle_server.url, "--model", "m",
                  "--mode", "loop", "--rounds", "-1"]) == 2
 

@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     from ..reflection import default_model_name, reflect
 
     source = Path(args.input)
-    is_file = source.suffix.lower() in (".json", ".jsonl", ".txt") or source.is_file()
+    is_file = source.is_file() or (source.suffix.lower() in (".json", ".jsonl", ".txt")
+                                   and not any(c.isspace() for c in args.input))
     if is_file and not source.is_file():
         raise InputError(str(source), "file not found")
     questions = read_questions(source) if is_file else [args.input]
