@@ -551,8 +551,14 @@ def reflect(questions: Iterable[str | dict[str, Any]], *, engine: Any = None,
     from .oracle import Engine, EngineConfig, make_backend
     from .store import RunStore
 
+    if mode not in MODES:  # checked before any model loads
+        raise ConfigError(f"--mode {mode!r}: choose from {', '.join(MODES)}")
+    if rounds < 0:
+        raise ConfigError("--rounds must be >= 0")
     items = _items(questions)
     store = None
+    name = model or (str(engine.backend.name) if engine is not None
+                     else default_model_name(oracle, model))
     if engine is None:
         if oracle.startswith(("http://", "https://")) and not model:
             raise ConfigError("--model is required with an HTTP oracle (the served model name)")
@@ -562,7 +568,6 @@ def reflect(questions: Iterable[str | dict[str, Any]], *, engine: Any = None,
         engine = Engine(backend, store, EngineConfig(
             concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries, timeout=timeout,
             **({"prices": prices} if prices is not None else {})))
-    name = model or default_model_name(oracle, model)
     try:
         reflector = Reflector(engine, name, mode=mode, rounds=rounds, temperature=temperature,
                               max_tokens=max_tokens, with_example=with_example,
