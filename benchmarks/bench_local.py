@@ -55,7 +55,7 @@ def bench_transformers(batches: list[int], new_tokens: int) -> dict[int, tuple[f
     return results
 
 
-def bench_llamacpp(new_tokens: int, n: int) -> float | None:
+def bench_llamacpp(new_tokens: int, n: int, threads: int) -> float | None:
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
@@ -63,7 +63,7 @@ def bench_llamacpp(new_tokens: int, n: int) -> float | None:
     from rtune.oracle.base import ChatRequest
     from rtune.oracle.llamacpp import LlamaCppBackend
 
-    backend = LlamaCppBackend("local")
+    backend = LlamaCppBackend("local", context_length=2048, n_threads=threads)
 
     async def go() -> int:
         total = 0
@@ -101,7 +101,7 @@ def bench_loads() -> tuple[float, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (torch and llama.cpp)")
     ap.add_argument("--new-tokens", type=int, default=48, help="tokens generated per row")
     ap.add_argument("--batches", default="1,4,8,16", help="batch sizes, comma-separated")
     ap.add_argument("--skip-loads", action="store_true", help="skip the load-time figures")
@@ -131,7 +131,7 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for b, (tps, plen) in res.items():
         print(f"| transformers greedy | {b} | {plen} | {tps:.1f} | {tps / base:.2f}x |")
-    llama = bench_llamacpp(args.new_tokens, 4)
+    llama = bench_llamacpp(args.new_tokens, 4, args.threads)
     if llama is None:
         print("| llama.cpp | 1 | - | not installed (pip install 'rtune[llamacpp]') | - |")
     else:
