@@ -159,3 +159,20 @@ def test_embedded_conversion_is_exact_and_cached(monkeypatch, tmp_path: Path):
     assert tok.model_max_length == 8192
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                    add_generation_prompt=True).endswith("<|im_start|>assistant\n")
+
+
+def test_concurrent_conversion_keeps_the_first_finished_copy(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("RTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"GGUF")
+
+    def raced(src: Path, out: Path) -> None:
+        (out / "config.json").write_text('{"mine": true}')
+        target = out.parent / out.name.split(".")[1]  # ".<target>.<random>" -> "<target>"
+        target.mkdir()  # another process finishes first
+        (target / "config.json").write_text('{"theirs": true}')
+
+    monkeypatch.setattr(models, "_convert_gguf", raced)
+    folder = models.resolve_model(str(gguf))
+    assert (folder / "config.json").read_text() == '{"theirs": true}'
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]
