@@ -26,7 +26,6 @@ def varied_llama(tiny_llama_path: Path, tmp_path_factory) -> Path:
     prompt (the default init just repeats one token), so equality checks mean something."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_path)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -222,7 +221,6 @@ def test_llamacpp_backend_generates_when_installed():
 
 @pytest.mark.slow
 def test_embedded_model_generates():
-    torch.set_num_threads(2)
     b = LocalBackend("local", batch_size=2)
     reqs = [_req("What is the capital of France? Answer in one word.", max_tokens=8),
             _req("Say hello.", max_tokens=8, stop=("\n",))]

@@ -126,7 +126,6 @@ def test_embedded_conversion_is_exact_and_cached(monkeypatch, tmp_path: Path):
     """The real wheel: convert once (logits identical to the GGUF-loaded model), reuse after."""
     from transformers import PreTrainedModel
 
-    torch.set_num_threads(2)
     monkeypatch.setenv("RTUNE_CACHE_DIR", str(tmp_path))
     ids = torch.tensor([[1, 9690, 198, 2683, 314, 260, 3575, 282, 4649, 47, 2]])
     before: list = []
