@@ -16,7 +16,7 @@ import pytest
 
 from rtune.errors import ConfigError
 from rtune.records import Record
-from rtune.score import PASSES, score_file, score_records, score_run
+from rtune.score import PASSES, Scorer, score_file, score_records, score_run
 from rtune.score_config import REVERSE_PROMPT, ScoreConfig
 from rtune.store import STORE_NAME, RunStore
 
@@ -161,6 +161,20 @@ def test_batched_equals_reference(tiny, template, max_length, batch_size):
     else:  # only the one-token instruction "x" has nothing to predict
         assert truncated == 0 and undefined == 1
         assert got[5]["reason"] == "Q_direct: a single token, nothing to predict"
+
+
+def test_prefix_cache_changes_nothing(tiny):
+    model, tok = tiny
+    recs = _records(tok, "vicuna", 2048)
+    cached = Scorer(ScoreConfig(student="tiny", batch_size=4), model, tok)
+    plain = Scorer(ScoreConfig(student="tiny", batch_size=4, prefix_cache=False), model, tok)
+    a, b = cached.score(recs), plain.score(recs)
+    assert len(cached._prefix_kv) == 2  # the heads of p(x) and p(r(y)) were reused
+    assert not plain._prefix_kv
+    for x, y in zip(a, b):
+        for field in ("loss_A_condition", "loss_Q_condition", "ifd_ppl", "rifd_ppl"):
+            if y[field] is not None:
+                assert x[field] == pytest.approx(y[field], abs=1e-6)
 
 
 def test_empty_targets_get_reasons(tiny):

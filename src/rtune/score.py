@@ -16,6 +16,7 @@ layer is applied only at the target positions.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -78,6 +79,11 @@ class Scorer:
         self.device = next(model.parameters()).device
         self._fast_head = _plain_output_layer(model)
         self._bos = tokenizer.bos_token or None
+        # transformers >= 5.x names the KV-cache argument ``cache`` (``past_key_values`` before)
+        self._cache_kwarg = ("cache" if "cache" in inspect.signature(
+            model.get_decoder().forward).parameters else "past_key_values") \
+            if self._fast_head else "past_key_values"
+        self._prefix_kv: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
         if config.template not in SCORE_PROMPTS:
             from .templates import check_tokenizer
 
@@ -145,16 +151,23 @@ class Scorer:
         return Encoded(seqs, reasons, truncated)
 
     # ------------------------------------------------------------------ forward passes
-    def losses(self, seqs: list[Seq]) -> list[float]:
-        """Mean target-token cross-entropy of each sequence: length-sorted padded batches."""
+    def losses(self, seqs: list[Seq], groups: list[str] | None = None) -> list[float]:
+        """Mean target-token cross-entropy of each sequence, in padded batches of sequences
+        of one group (e.g. one pass, sharing the prompt's head) sorted by length."""
         import torch
 
         out: list[float] = [math.nan] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
+        keys = groups or [""] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: (keys[i], len(seqs[i].ids)))
         bs = self.config.batch_size
+        batches: list[list[int]] = []
+        for i in order:
+            if batches and len(batches[-1]) < bs and keys[batches[-1][0]] == keys[i]:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
         with torch.inference_mode():
-            for b in range(0, len(order), bs):
-                batch = order[b:b + bs]
+            for batch in batches:
                 for i, value in zip(batch, self._batch_losses([seqs[i] for i in batch])):
                     out[i] = value
         return out
@@ -162,26 +175,33 @@ class Scorer:
     def _batch_losses(self, seqs: list[Seq]) -> list[float]:
         import torch
 
-        width = max(len(s.ids) for s in seqs)
+        # Tokens every row starts with (the template's head) are run once and reused from the
+        # KV cache; they hold no targets (at most up to the position before the first one).
+        skip = self._shared_prefix(seqs)
+        width = max(len(s.ids) for s in seqs) - skip
         # Right padding: real tokens keep positions 0..n-1; pads are masked by the attention
         # mask and never read, so their id (pad == eos for many models) does not matter.
         ids = torch.zeros((len(seqs), width), dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        mask = torch.zeros((len(seqs), skip + width), dtype=torch.long)
         rows, cols, labels = [], [], []
         for r, s in enumerate(seqs):
             n = len(s.ids)
-            ids[r, :n] = torch.tensor(s.ids)
+            ids[r, :n - skip] = torch.tensor(s.ids[skip:])
             mask[r, :n] = 1
             rows += [r] * (n - s.start)
-            cols += range(s.start - 1, n - 1)
+            cols += range(s.start - 1 - skip, n - 1 - skip)
             labels += s.ids[s.start:]
         ids, mask = ids.to(self.device), mask.to(self.device)
         rows_t = torch.tensor(rows, device=self.device)
         cols_t = torch.tensor(cols, device=self.device)
         labels_t = torch.tensor(labels, device=self.device)
         if self._fast_head:
+            extra = {}
+            if skip:
+                extra = {self._cache_kwarg: self._prefix_cache(seqs[0].ids[:skip], len(seqs)),
+                         "use_cache": True}
             hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask,
-                                              use_cache=False)[0]
+                                              **(extra or {"use_cache": False}))[0]
             picked = hidden[rows_t, cols_t]
             head = self.model.get_output_embeddings()
             logits_of = lambda sl: head(picked[sl])  # noqa: E731
@@ -200,6 +220,36 @@ class Scorer:
         counts = torch.tensor([len(s.ids) - s.start for s in seqs], dtype=torch.float64)
         return (sums.cpu() / counts).tolist()
 
+    def _shared_prefix(self, seqs: list[Seq]) -> int:
+        """How many leading tokens to take from the prefix cache (0: none)."""
+        if not (self._fast_head and self.config.prefix_cache):
+            return 0
+        first = seqs[0].ids
+        n = min(min(s.start for s in seqs) - 1, *(len(s.ids) for s in seqs))
+        for s in seqs[1:]:
+            k = 0
+            while k < n and s.ids[k] == first[k]:
+                k += 1
+            n = k
+        return n if n >= 8 else 0
+
+    def _prefix_cache(self, prefix: list[int], batch: int) -> Any:
+        """A fresh KV cache holding ``prefix`` for ``batch`` rows (the prefix is run once)."""
+        import torch
+        from transformers import DynamicCache
+
+        key = tuple(prefix)
+        if key not in self._prefix_kv:
+            ids = torch.tensor([prefix], device=self.device)
+            out = self.model.get_decoder()(input_ids=ids, use_cache=True)
+            cache = out.cache if hasattr(out, "cache") else out.past_key_values
+            if len(self._prefix_kv) >= 4:  # the template heads recur; one-off prefixes go
+                del self._prefix_kv[next(iter(self._prefix_kv))]
+            self._prefix_kv[key] = [(layer.keys, layer.values) for layer in cache.layers]
+        return DynamicCache(
+            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+                            for k, v in self._prefix_kv[key]], config=self.model.config)
+
     # ------------------------------------------------------------------ scores
     def score(self, records: list[Record]) -> list[dict[str, Any]]:
         """Scores of each candidate (same order), with the authors' field names."""
@@ -211,7 +261,7 @@ class Scorer:
                 if seq is not None:
                     flat.append(seq)
                     where.append((i, name))
-        values = self.losses(flat) if flat else []
+        values = self.losses(flat, [name for _, name in where]) if flat else []
         losses: list[dict[str, float]] = [{} for _ in records]
         for (i, name), value in zip(where, values):
             losses[i][name] = value

@@ -58,6 +58,7 @@ class ScoreConfig:
     device: str = "auto"  # auto: CUDA when available (or accelerate's device), else CPU
     dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
     reverse_prompt: str = REVERSE_PROMPT
+    prefix_cache: bool = True  # run the prompt's shared head once per batch (same numbers)
     force: bool = False  # rescore keys already stored (e.g. with another student)
 
     def __post_init__(self) -> None:
