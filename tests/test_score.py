@@ -40,7 +40,6 @@ ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an i
 def tiny(tiny_llama_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(tiny_llama_path)
 
