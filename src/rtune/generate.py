@@ -1,0 +1,196 @@
+"""Answer evaluation test sets with a model: a local one (transformers, batched greedy, left
+padding, the model's own chat template) or any OpenAI-compatible endpoint.
+
+Every answer is committed to the run store (namespace ``generations``) with the settings that
+made it; a rerun skips what is done and regenerates only answers whose settings changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, InputError
+from .oracle import Engine, EngineConfig, PermanentError, TransientError, is_local, make_backend
+from .oracle.base import ChatRequest
+from .progress import RunProgress
+from .store import RunStore
+from .testsets import Question, load_test_set
+
+NAMESPACE = "generations"
+
+
+@dataclass
+class EndpointOptions:
+    """How to reach a model (local spec or base URL) and how hard to push it."""
+
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 16
+    rpm: float | None = None
+    tpm: float | None = None
+    max_retries: int = 6
+    timeout: float = 120.0
+    context_length: int | None = None
+    batch_size: int = 8
+    prices: Any = None
+
+
+def make_engine(spec: str, model: str | None, store: RunStore | None,
+                options: EndpointOptions, *, on_call: Any = None) -> Engine:
+    if not is_local(spec) and not model:
+        raise ConfigError(f"--model is required with an endpoint ({spec}): the served model name")
+    backend = make_backend(spec, model=model, api_key_env=options.api_key_env,
+                           timeout=options.timeout, context_length=options.context_length,
+                           batch_size=options.batch_size)
+    config = EngineConfig(concurrency=max(options.concurrency, 1), rpm=options.rpm,
+                          tpm=options.tpm, max_retries=options.max_retries,
+                          timeout=options.timeout)
+    if options.prices is not None:
+        config.prices = options.prices
+    return Engine(backend, store, config, on_call=on_call)
+
+
+def generator_name(spec: str, model: str | None) -> str:
+    """A readable name for a model spec: the served model, or the local folder's name."""
+    if model:
+        return model
+    from .models import model_name
+
+    return model_name(spec)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    model: str
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    system: str | None = None
+
+    def request(self, question: Question) -> ChatRequest:
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        messages.append({"role": "user", "content": question.instruction})
+        return ChatRequest(messages=messages, model=self.model, temperature=self.temperature,
+                           top_p=self.top_p, max_tokens=self.max_tokens)
+
+
+def load_questions(test_sets: Iterable[str | Path]) -> list[Question]:
+    questions: list[Question] = []
+    names: dict[str, str] = {}
+    for path in test_sets:
+        qs = load_test_set(path)
+        name = qs[0].test_set
+        if name in names:
+            raise InputError(str(path), f"test set name '{name}' is already taken by "
+                             f"{names[name]}: rename one of the files")
+        names[name] = str(path)
+        questions += qs
+    if not questions:
+        raise ConfigError("no test set given (--test-set FILE)")
+    return questions
+
+
+def generate(spec: str, test_sets: Sequence[str | Path], output: str | Path, *,
+             model: str | None = None, name: str | None = None,
+             run_dir: str | Path | None = None, temperature: float = 0.0, top_p: float = 1.0,
+             max_tokens: int = 1024, system: str | None = None, output_only: bool = False,
+             alpaca_eval: str | Path | None = None, options: EndpointOptions | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """Answer every question of ``test_sets`` and write them to ``output`` (JSON lines).
+
+    Returns a summary: counts, failures (not stored; a rerun retries them), paths.
+    """
+    options = options or EndpointOptions()
+    if max_tokens < 1:
+        raise ConfigError("--max-tokens must be >= 1")
+    questions = load_questions(test_sets)
+    generator = name or generator_name(spec, model)
+    settings = GenerationSettings(model=model or generator, temperature=temperature,
+                                  top_p=top_p, max_tokens=max_tokens, system=system)
+    run_dir = Path(run_dir) if run_dir else Path("runs") / f"generate-{Path(output).stem}"
+    failures: list[dict[str, Any]] = []
+    with RunStore(run_dir) as store:
+        done = {k: v for k, v in store.items(NAMESPACE)}
+        todo = [q for q in questions if not _fresh(done.get(q.key), settings)]
+        if todo:
+            with RunProgress(len(todo), enabled=progress, label="generate") as bar:
+                engine = make_engine(spec, model, store, options, on_call=bar.add_call)
+
+                async def one(q: Question) -> None:
+                    try:
+                        result = await engine.complete(settings.request(q), stage="generate")
+                    except (TransientError, PermanentError) as e:
+                        failures.append({"key": q.key, "reason": e.reason, "detail": str(e)})
+                    else:
+                        store.put_item(NAMESPACE, q.key, {
+                            "question_id": q.id, "test_set": q.test_set,
+                            "instruction": q.instruction, "output": result.text,
+                            "generator": generator, "finish_reason": result.finish_reason,
+                            "tokens_out": result.tokens_out, "settings": asdict(settings)})
+                    bar.advance()
+
+                engine.run(one, todo)
+        store.set_meta("generate", {"spec": spec if is_local(spec) else "endpoint",
+                                    "generator": generator, "settings": asdict(settings)})
+        rows = [_row(store.get_item(NAMESPACE, q.key), generator, output_only)
+                for q in questions if _fresh(store.get_item(NAMESPACE, q.key), settings)]
+    _write_jsonl(rows, Path(output))
+    summary: dict[str, Any] = {
+        "output": str(output), "run_dir": str(run_dir), "generator": generator,
+        "questions": len(questions), "written": len(rows), "generated": len(todo) - len(failures),
+        "failed": failures, "settings": asdict(settings)}
+    if output_only:
+        summary["flagged"] = sum(1 for r in rows if r.get("flagged"))
+    if alpaca_eval:
+        export_alpaca_eval(rows, alpaca_eval)
+        summary["alpaca_eval"] = str(alpaca_eval)
+    return summary
+
+
+def _fresh(stored: dict[str, Any] | None, settings: GenerationSettings) -> bool:
+    return stored is not None and stored.get("settings") == asdict(settings)
+
+
+def _row(stored: dict[str, Any], generator: str, output_only: bool) -> dict[str, Any]:
+    row = {k: stored[k] for k in ("question_id", "test_set", "instruction", "output")}
+    row["generator"] = generator
+    row["settings"] = stored["settings"]
+    if output_only:
+        try:
+            from .reflection import extract_output
+        except ImportError:  # the reflection module is optional
+            raise ConfigError("--output-only needs rtune.reflection") from None
+        answer, flagged = extract_output(stored["output"])
+        row.update(output=answer, raw_output=stored["output"], flagged=flagged)
+    return row
+
+
+def export_alpaca_eval(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
+    """AlpacaEval's model-outputs format: a JSON list of {instruction, output, generator,
+    dataset}."""
+    items = [{"instruction": r["instruction"], "output": r["output"],
+              "generator": r["generator"], "dataset": r["test_set"]} for r in rows]
+    _atomic_write(Path(path), json.dumps(items, ensure_ascii=False, indent=2) + "\n")
+    return len(items)
+
+
+def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
+    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
