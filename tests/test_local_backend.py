@@ -188,6 +188,31 @@ def test_engine_store_and_resume(backend: LocalBackend, tmp_path: Path):
     assert backend.batch_sizes == []
 
 
+def test_queue_wait_behind_local_batches_is_not_a_timeout(backend: LocalBackend, tmp_path: Path):
+    """More requests than one batch, a deadline shorter than a batch: every call still
+    finishes at the first try (the deadline applies to endpoints, not to a local queue)."""
+    from rtune.oracle import EngineConfig
+
+    import time
+
+    generate = backend.generate
+
+    def slow_generate(prompts, **kwargs):  # a batch of a real model on CPU takes minutes
+        time.sleep(3.5)
+        return generate(prompts, **kwargs)
+
+    backend.generate = slow_generate  # type: ignore[method-assign]
+    reqs = [_req(p, max_tokens=12) for p in PROMPTS]
+    with RunStore(tmp_path / "run") as store:
+        engine = Engine(backend, store, EngineConfig(concurrency=16, timeout=0.001,
+                                                     max_retries=0))
+        results = engine.run(engine.complete, reqs)
+    assert len(results) == len(PROMPTS) and all(r.text is not None for r in results)
+    assert engine.stats.calls == len(PROMPTS)
+    assert engine.stats.failures == 0 and engine.stats.retries == 0
+    assert len(backend.batch_sizes) >= 2  # some requests really waited behind a batch
+
+
 def test_llamacpp_missing_says_what_to_install(monkeypatch):
     import sys
 

@@ -25,7 +25,9 @@ def add_oracle_arguments(p: argparse.ArgumentParser, *, flag: str = "--oracle",
                    help="requests in flight at once (sliding window)")
     g.add_argument("--rpm", type=float, default=None, help="requests-per-minute limit")
     g.add_argument("--tpm", type=float, default=None, help="tokens-per-minute limit")
-    g.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    g.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds per request to an endpoint (local models run each request "
+                   "to completion)")
     g.add_argument("--max-retries", type=int, default=6,
                    help="retries per call on 429/5xx/timeouts/bad bodies (exponential backoff "
                    "with jitter, honouring Retry-After)")

@@ -132,9 +132,11 @@ class Engine:
             await self._limiter.acquire(estimate)
             start = time.monotonic()
             try:
-                result = await asyncio.wait_for(
-                    self.backend.complete(request, timeout=self.config.timeout),
-                    self.config.timeout + 5)
+                call = self.backend.complete(request, timeout=self.config.timeout)
+                # a local model queues requests behind running batches that cannot be
+                # interrupted: a deadline there would count the queue, not the model
+                result = await (call if getattr(self.backend, "runs_locally", False)
+                                else asyncio.wait_for(call, self.config.timeout + 5))
             except asyncio.TimeoutError:
                 self._limiter.settle(estimate, 0)
                 raise TransientError("timeout", f"no reply in {self.config.timeout:g}s") from None

@@ -18,6 +18,8 @@ from .base import ChatRequest, ChatResult, PermanentError
 class LlamaCppBackend:
     """``spec``: ``local`` (the embedded SmolLM2 GGUF), ``local:/path.gguf`` or a .gguf path."""
 
+    runs_locally = True  # no engine deadline: calls queue behind the one running model
+
     def __init__(self, spec: str = "local", *, context_length: int | None = None,
                  n_threads: int | None = None, seed: int = 0):
         try:

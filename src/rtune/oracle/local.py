@@ -48,10 +48,11 @@ class GenerationOutput:
 class LocalBackend:
     """Oracle backend over a local model: ``local`` (embedded SmolLM2), an HF folder or a GGUF.
 
-    ``timeout`` is not applied here: a running batch cannot be interrupted. The engine's own
-    timeout cancels the wait; a retry of the same request joins the computation in flight
-    instead of starting it again.
+    ``timeout`` is not applied here, nor by the engine (``runs_locally``): a running batch
+    cannot be interrupted, and waiting in the queue behind other batches is not a fault.
     """
+
+    runs_locally = True
 
     def __init__(self, spec: str = "local", *, batch_size: int = 8, device: str = "auto",
                  dtype: Any = None, max_wait_s: float = 0.05):
