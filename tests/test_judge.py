@@ -3,6 +3,7 @@ the loopback OpenAI-compatible server (re-ask, failures, kill -9 + resume), revi
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -341,3 +342,45 @@ def test_import_reviews_rescores_and_reports_disagreements(tmp_path):
     with pytest.raises(InputError) as e:
         import_reviews([bad])
     assert e.value.field == "review_reverse" and e.value.record == 0
+
+
+# ---------------------------------------------------------------- generate -> judge
+
+
+def test_generate_both_sides_then_judge_on_the_real_vicuna_set(oracle_server, shared_data,
+                                                               tmp_path, capsys):
+    """The user's flow: `rtune generate` for two served models on the real Vicuna questions,
+    then `rtune judge` on the two answer files; the judge prefers the longer answer."""
+    vicuna = shared_data / "vicuna_test_set.jsonl"
+    n = sum(1 for line in vicuna.read_text().splitlines() if line.strip())
+
+    def serve(body):
+        user = body["messages"][-1]["content"]
+        if "[The Start of Assistant 1's Answer]" in user:  # judging
+            answers = dict(ANSWER.findall(user))
+            return f"{len(answers['1'].split())} {len(answers['2'].split())}\nLength."
+        words = 6 if body["model"] == "big" else 3
+        # every 8th question both models answer alike: a tie
+        if int(hashlib.sha1(user.encode()).hexdigest(), 16) % 8 == 0:
+            words = 4
+        return " ".join(["word"] * words)
+
+    oracle_server.script(serve)
+    for model in ("big", "small"):
+        assert main(["generate", oracle_server.url, "--model", model, "--test-set", str(vicuna),
+                     "-o", str(tmp_path / f"{model}.vicuna.jsonl"), "--run-dir",
+                     str(tmp_path / f"gen-{model}"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["judge", str(tmp_path / "big.vicuna.jsonl"), "--vs",
+                 str(tmp_path / "small.vicuna.jsonl"), "--judge", oracle_server.url, "--model",
+                 "judge", "--run-dir", str(tmp_path / "judge"), "-o", str(tmp_path / "res"),
+                 "--no-progress", "--resamples", "200", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    ties = sum(int(hashlib.sha1(json.loads(x)["text"].encode()).hexdigest(), 16) % 8 == 0
+               for x in vicuna.read_text().splitlines() if x.strip())
+    vic = res["test_sets"]["vicuna"]
+    assert (vic["win"], vic["tie"], vic["loss"], vic["n"]) == (n - ties, ties, 0, n)
+    assert res["a"] == "big" and res["b"] == "small" and 0 < ties < n
+    assert vic["score"] == pytest.approx((n - ties) / n + 1)
+    # identical answers make both orders the same request: asked (and paid) once
+    assert len(oracle_server.requests) == 2 * n + 2 * n - ties
