@@ -26,6 +26,14 @@ GEN_DOCS = [{"q": f"How many apples are {i} and {i + 2} apples?", "a": str(2 * i
             for i in range(5)]
 
 
+@pytest.fixture(autouse=True)
+def _datasets_cache(tmp_path, monkeypatch):
+    """The JSON builder's cache goes to tmp_path, not the user's Hugging Face cache."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+
+
 def write_tasks(folder: Path) -> Path:
     """A multiple-choice task and two generate-until tasks (one with a regex answer filter,
     like gsm8k's), on local JSONL files."""
