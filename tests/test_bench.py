@@ -56,6 +56,9 @@ def write_tasks(folder: Path) -> Path:
         + "filter_list:\n  - name: strict-match\n    filter:\n"
         "      - function: regex\n        regex_pattern: \"The answer is (\\\\d+)\"\n"
         "      - function: take_first\n")
+    (folder / "group.yaml").write_text(
+        "group: rtune_group\ntask:\n  - rtune_gen\n  - rtune_gen_regex\n"
+        "aggregate_metric_list:\n  - metric: exact_match\n")
     return folder
 
 
@@ -149,7 +152,7 @@ class ReflectionLM(LM):
 def test_output_only_scores_the_output_part(tmp_path):
     tasks = write_tasks(tmp_path / "tasks")
     kw = {"include_path": tasks, "bootstrap_iters": 0}
-    names = "rtune_mc,rtune_gen,rtune_gen_regex"
+    names = "rtune_mc,rtune_group"  # the group holds both generate-until tasks
     whole = bench(ReflectionLM(), names, **kw)
     only = bench(ReflectionLM(), names, output_only=True, **kw)
     n = len(GEN_DOCS)
@@ -160,6 +163,8 @@ def test_output_only_scores_the_output_part(tmp_path):
     assert row(only, "rtune_gen_regex", "exact_match")["value"] == pytest.approx(1.0)
     assert row(only, "rtune_gen_regex", "exact_match")["scored"] == "<output>"
     assert row(whole, "rtune_gen", "exact_match")["value"] == 0.0
+    group = [r for r in only["rows"] if r["task"] == "rtune_group"]
+    assert group and all(r["scored"] == "group" and r["n"] == 2 * n for r in group)
     # the filters saw each generation once; the untagged one is counted
     assert only["output_only_flagged"] == {
         "rtune_gen": {"flagged": 1, "generations": n},

@@ -30,8 +30,11 @@ def _lm_eval() -> Any:
         import lm_eval
         from lm_eval.tasks import TaskManager  # noqa: F401
     except ImportError as e:
-        raise ConfigError(f"rtune bench needs lm-evaluation-harness ({e.name or e}): "
-                          f"{INSTALL_HINT}") from None
+        if e.name == "lm_eval":
+            raise ConfigError(f"rtune bench needs lm-evaluation-harness: {INSTALL_HINT}"
+                              ) from None
+        raise ConfigError(f"lm-evaluation-harness is installed but does not import ({e}); "
+                          f"reinstall it: {INSTALL_HINT}") from None
     return lm_eval
 
 
@@ -242,7 +245,7 @@ def summarize(results: dict[str, Any], *, model: str, tasks: Sequence[str],
             scored = "<output>" if output_only else "whole text"
         else:
             scored = "log-likelihood"
-        n = results.get("n-samples", {}).get(task, {}).get("effective")
+        n = _count(results, task)
         for key, value in metrics.items():
             if "," not in key or "_stderr," in key:
                 continue
@@ -261,6 +264,18 @@ def summarize(results: dict[str, Any], *, model: str, tasks: Sequence[str],
             "lm_eval_version": results.get("lm_eval_version"),
             "config": {k: v for k, v in (results.get("config") or {}).items()
                        if isinstance(v, (str, int, float, bool, type(None)))}}
+
+
+def _count(results: dict[str, Any], name: str) -> int | None:
+    """Examples scored for a task, or summed over a group's tasks."""
+    n = results.get("n-samples", {}).get(name, {}).get("effective")
+    if n is not None:
+        return int(n)
+    subtasks = results.get("group_subtasks", {}).get(name)
+    if not subtasks:
+        return None
+    counts = [_count(results, t) for t in subtasks]
+    return None if None in counts else sum(counts)
 
 
 def _number(value: Any) -> float | None:
