@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 from hypothesis import given, settings
@@ -218,10 +217,21 @@ def test_recycle_stage_reflection_format_end_to_end(oracle_server, tmp_path):
                            progress=False)
     summary = recycle(data, tmp_path / "run", config, output=tmp_path / "out.jsonl")
     assert summary.candidates["reflection"] == {"ok": 1, "fallback": 1}
+    assert len(oracle_server.requests) == 3  # coin, hi, and a re-ask of the malformed "hello"
+    reask = next(r["messages"] for r in oracle_server.requests if len(r["messages"]) == 4)
+    assert reask[-2] == {"role": "assistant", "content": "hello"} and "no tags" in reask[-1][
+        "content"]
+    assert all(r["messages"][0]["role"] == "system" for r in oracle_server.requests)
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     coin = next(r for r in rows if r["kind"] == "reflection" and r["source_index"] == 0)
     assert coin["prompt_id"] == "reflection_format" and coin["raw"] == COIN_REPLY
     assert extract_output(coin["output"])[0] == "The coin is on the bed."
+    assert coin["system"] == reflection_system_prompt()
+    hi = next(r for r in rows if r["kind"] == "reflection" and r["source_index"] == 1)
+    assert hi["output"] == "hi" and hi["parse_status"] == "fallback"
+    assert hi["fallback_reason"] == "no tags, kept the original answer; re-asked 1x"
+    again = recycle(data, tmp_path / "run", config)
+    assert again.candidates == summary.candidates and len(oracle_server.requests) == 3
 
 
 # ---------------------------------------------------------------- inference modes
@@ -282,6 +292,10 @@ def test_loop_mode_keeps_every_round_and_stops_when_correct(oracle_server, tmp_p
     assert sorted(stages) == sorted(["reflect:draft", "reflect:critique", "reflect:revise",
                                      "reflect:critique"])
     assert stored["rounds"] == r["rounds"]
+    # a second run answers from the store: no new call
+    assert reflect([COIN], oracle=oracle_server.url, model="m", mode="loop", rounds=3,
+                   run_dir=tmp_path) == [r]
+    assert len(oracle_server.requests) == 4
 
 
 def test_loop_mode_runs_all_rounds_without_early_stop(oracle_server):
@@ -352,12 +366,84 @@ def test_unreachable_endpoint_is_reported_not_stored(tmp_path):
 
 # ---------------------------------------------------------------- tokens and training
 
-def test_tiny_model_trained_on_tagged_data_generates_parseable_text(tiny_llama_path):
-    import torch
+def _tiny_llama3(tiny_llama_path, folder):
+    """The tiny model with the Llama 3 chat tokens added (what a Llama 3.1 tokenizer has)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tok = AutoTokenizer.from_pretrained(tiny_llama_path)
+    tok.add_special_tokens({"additional_special_tokens": [
+        "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_path)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.timeout(120)
+def test_tagged_data_trains_with_llama3_and_the_model_answers_in_the_format(
+        oracle_server, tiny_llama_path, tmp_path, capsys):
+    """recycle --stages reflection-format -> export the ok candidates -> rtune train --template
+    llama3 --reflection-tokens (a tiny model, a few steps) -> rtune reflect --oracle local:."""
+    import torch
+
     torch.manual_seed(0)
-    torch.set_num_threads(1)
+    reply = ("<thinking>cup<reflection>flip</reflection>bed</thinking>"
+             "<output>On the bed.</output>")
+    oracle_server.script(lambda body: reply)
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"instruction": COIN, "output": "In the cup."}]))
+    assert main(["recycle", str(data), "--stages", "reflection-format", "--run-dir",
+                 str(tmp_path / "run"), "--oracle", oracle_server.url, "--model", "m",
+                 "--no-progress"]) == 0
+    sft = tmp_path / "reflect_sft.jsonl"
+    assert main(["export", str(tmp_path / "run"), "-o", str(sft), "--kinds", "reflection",
+                 "--only-ok"]) == 0
+    [row] = [json.loads(line) for line in sft.read_text().splitlines()]
+    assert row["system"] == reflection_system_prompt() and row["output"].startswith("<thinking>")
+
+    base = _tiny_llama3(tiny_llama_path, tmp_path / "base")
+    out = tmp_path / "sft"
+    capsys.readouterr()
+    assert main(["train", str(sft), "--model", str(base), "--template", "llama3",
+                 "--reflection-tokens", "-o", str(out), "--max-steps", "80",
+                 "--learning-rate", "3e-3", "--lr-scheduler", "constant", "--warmup-ratio", "0",
+                 "--global-batch-size", "1", "--per-device-batch-size", "1",
+                 "--logging-steps", "10", "--save-steps", "1000", "--json"]) == 0
+    printed = capsys.readouterr().out  # Trainer's own log lines come first
+    result = json.loads(printed[printed.index("{\n"):])
+    assert result["losses"][-1] < result["losses"][0] / 4, result["losses"]
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert len(tok("</reflection>", add_special_tokens=False)["input_ids"]) == 1
+    # the trained system turn is in the prompt: the Llama 3.1 template with our system prompt
+    prompt = tok.apply_chat_template([{"role": "system", "content": reflection_system_prompt()},
+                                      {"role": "user", "content": COIN}], tokenize=False,
+                                     add_generation_prompt=True)
+    assert "Cutting Knowledge Date" in prompt and reflection_system_prompt() in prompt
+
+    # format mode on the local model: same system prompt, no worked example
+    [r] = reflect([COIN], oracle=f"local:{out}", with_example=False, max_tokens=64,
+                  run_dir=tmp_path / "answers")
+    assert (r["answer"], r["reflections"], r["flagged"]) == ("On the bed.", ["flip"], False), r
+    # loop mode on the local model: every round kept, and resumed from the store
+    loop = dict(oracle=f"local:{out}", mode="loop", rounds=1, max_tokens=8,
+                stop_when_correct=False, run_dir=tmp_path / "loop")
+    [first] = reflect([COIN], **loop)
+    assert [s["round"] for s in first["rounds"]] == [0, 1] and "answer" in first["rounds"][1]
+    with RunStore(tmp_path / "loop") as store:
+        assert store.call_totals()["calls"] == 3
+    assert reflect([COIN], **loop) == [first]
+    with RunStore(tmp_path / "loop") as store:
+        assert store.call_totals()["calls"] == 3
+
+
+def test_tag_tokens_and_the_special_token_trade_off(tiny_llama_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    answer = "<thinking>cup<reflection>flip</reflection>bed</thinking><output>on the bed</output>"
     tok = AutoTokenizer.from_pretrained(tiny_llama_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_path)
     before = model.get_input_embeddings().weight.shape[0]
@@ -365,31 +451,8 @@ def test_tiny_model_trained_on_tagged_data_generates_parseable_text(tiny_llama_p
     assert model.get_input_embeddings().weight.shape[0] == before + 6 == len(tok)
     assert add_reflection_special_tokens(tok, model) == 0  # idempotent
     assert len(tok("<reflection>", add_special_tokens=False)["input_ids"]) == 1
-
-    answer = "<thinking>cup<reflection>flip</reflection>bed</thinking><output>on the bed</output>"
-    prompt = tok.apply_chat_template(
-        [{"role": "system", "content": "Reflect."}, {"role": "user", "content": "coin?"}],
-        tokenize=False, add_generation_prompt=True)
-    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tok(answer + "<|im_end|>", add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + answer_ids])
-    labels = ids.clone()
-    labels[0, :len(prompt_ids)] = -100  # loss on the answer only
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(60):
-        loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=len(answer_ids) + 4,
-                             do_sample=False, pad_token_id=tok.pad_token_id)
-    text = tok.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
-    parsed = parse_reflection(text)
-    assert parsed.output == "on the bed" and parsed.reflections == ["flip"], (text, loss)
-    assert re.fullmatch(r"<thinking>.*</output>", text.strip(), re.DOTALL)
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    assert extract_output(tok.decode(ids, skip_special_tokens=True)) == ("on the bed", False)
 
     # the trade-off of special=True: a decode that skips special tokens drops the tags
     special = AutoTokenizer.from_pretrained(tiny_llama_path)

@@ -250,14 +250,19 @@ class Recycler:
         if done is not None:
             return done
         prompt = load_prompt("reflection_format", self.config.prompts_dir)
-        request = reflection.build_reflection_request(base, prompt, self.config.model_name)
-        try:
-            result = await self.engine.complete(request, stage="reflection-format")
-        except (TransientError, PermanentError):
+        source, cut_note = self._fit_context(base, prompt, "reflection-format")
+        try:  # ask, parse, re-ask while malformed; fallback keeps the pair with the reason
+            cand = await reflection.reflection_candidate(
+                self.engine, source, prompt, self.config.model_name,
+                with_example=self.config.use_example, reask=self.config.reask,
+                request_for=self._request)
+        except (TransientError, PermanentError) as e:
+            log.warning("record %d reflection-format failed: %s", base.source_index, e)
             return None
-        cand = reflection.parse_reflection_reply(base, result.text)
-        cand.oracle_model, cand.prompt_id = self.config.model_name, prompt.id
-        cand.prompt_version, cand.raw = prompt.version, result.text
+        if cut_note:
+            cand.fallback_reason = "; ".join(filter(None, [cand.fallback_reason, cut_note]))
+            if cand.parse_status == "fallback":
+                cand.output = base.output
         self.store.put_candidate(cand)
         return cand
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -245,15 +245,21 @@ def build_reflection_request(record: Record, prompt: Prompt, model: str, *,
                        max_tokens=max_tokens)
 
 
-def build_reflection_reask(request: ChatRequest, reply: str, reason: str) -> ChatRequest:
-    """A follow-up turn asking again for a well-formed reply (after a malformed one)."""
+def reask_messages(messages: list[dict[str, str]], reply: str,
+                   reason: str) -> list[dict[str, str]]:
+    """The conversation with a follow-up turn asking again for a well-formed reply."""
     follow = (f"Your reply is not in the required layout ({reason}). Write it again: the "
               "reasoning inside <thinking> ... </thinking> with at least one <reflection> ... "
               "</reflection> inside it, then the final answer inside <output> ... </output>, and "
               "nothing outside these tags.")
-    messages = [*request.messages, {"role": "assistant", "content": reply},
-                {"role": "user", "content": follow}]
-    return ChatRequest(messages=messages, model=request.model, temperature=request.temperature,
+    return [*messages, {"role": "assistant", "content": reply},
+            {"role": "user", "content": follow}]
+
+
+def build_reflection_reask(request: ChatRequest, reply: str, reason: str) -> ChatRequest:
+    """A follow-up request asking again for a well-formed reply (after a malformed one)."""
+    return ChatRequest(messages=reask_messages(request.messages, reply, reason),
+                       model=request.model, temperature=request.temperature,
                        top_p=request.top_p, max_tokens=request.max_tokens, stop=request.stop)
 
 
@@ -326,22 +332,28 @@ def parse_reflection_reply(record: Record, text: str | None, *,
     return cand
 
 
-async def reflection_candidate(engine: Any, record: Record, prompt: Prompt, model: str, *,
-                               with_example: bool = False, temperature: float = 0.0,
-                               max_tokens: int = 2048, reask: int = 1,
-                               system: str | None = None) -> Record:
+async def reflection_candidate(
+        engine: Any, record: Record, prompt: Prompt, model: str, *, with_example: bool = False,
+        temperature: float = 0.0, max_tokens: int = 2048, reask: int = 1,
+        system: str | None = None,
+        request_for: Callable[[list[dict[str, str]]], ChatRequest] | None = None) -> Record:
     """The whole ``reflection-format`` stage for one record: ask, re-ask up to ``reask`` times
     while the reply is malformed, and build the candidate (``fallback`` with the reason when
-    every reply was malformed). Raises the engine's errors when the oracle cannot be reached."""
+    every reply was malformed). ``request_for`` turns a conversation into the request (the
+    recycler's own: its sampling settings and context budget). Raises the engine's errors when
+    the oracle cannot be reached."""
     request = build_reflection_request(record, prompt, model, with_example=with_example,
                                        temperature=temperature, max_tokens=max_tokens)
+    if request_for is not None:
+        request = request_for(request.messages)
     text = (await engine.complete(request, stage="reflection-format")).text
     raws = [text]
     problem = check_reflection_reply(text)[1]
     for _ in range(reask):
         if problem is None:
             break
-        request = build_reflection_reask(request, text, problem)
+        request = (build_reflection_reask(request, text, problem) if request_for is None
+                   else request_for(reask_messages(request.messages, text, problem)))
         text = (await engine.complete(request, stage="reflection-format:reask")).text
         raws.append(text)
         problem = check_reflection_reply(text)[1]
@@ -603,4 +615,4 @@ __all__ = ["MODES", "SPECIAL_TOKENS", "TAGS", "ReflectionParse", "Reflector",
            "add_reflection_special_tokens", "build_reflection_reask", "build_reflection_request",
            "canonical_reflection", "check_reflection_reply", "extract_output",
            "format_reflection", "parse_reflection", "parse_reflection_reply", "question_text",
-           "reflect", "reflection_candidate", "reflection_system_prompt"]
+           "reask_messages", "reflect", "reflection_candidate", "reflection_system_prompt"]
