@@ -102,6 +102,11 @@ def train(data: str | os.PathLike | Iterable[Record | dict], config: TrainConfig
     resolve_model(config.model)  # ConfigError for a model that does not exist
     tokenizer = load_tokenizer(config.model)
     check_tokenizer(config.template, tokenizer)
+    if config.reflection_tokens:
+        from .reflection import add_reflection_special_tokens
+
+        added = add_reflection_special_tokens(tokenizer)  # the model is resized when it loads
+        say(f"reflection tags as tokens: {added} added, vocabulary {len(tokenizer)}")
 
     records = _records(data, config.input_format)
     features, stats = prepare_dataset(records, config.template, tokenizer, config.max_length)
@@ -207,12 +212,20 @@ def _build_trainer(features: list[dict], tokenizer: Any, config: TrainConfig, pl
     dtype = torch.bfloat16 if (bf16 and config.lora) else torch.float32
     # load on CPU: Trainer / accelerate place (or shard) the model on the right device(s)
     model, _ = load_model(config.model, device="cpu", dtype=dtype, for_training=True)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # tokens were added
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
+        extra: dict[str, Any] = {}
+        if config.reflection_tokens:  # LoRA freezes the embeddings: train the new rows
+            from .reflection import SPECIAL_TOKENS
+
+            extra["trainable_token_indices"] = tokenizer.convert_tokens_to_ids(
+                list(SPECIAL_TOKENS))
         model = get_peft_model(model, LoraConfig(
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules, task_type="CAUSAL_LM"))
+            target_modules=config.lora_target_modules, task_type="CAUSAL_LM", **extra))
     if config.packing:
         collator = DataCollatorWithFlattening(separator_id=IGNORE_INDEX)
     else:

@@ -68,6 +68,9 @@ class TrainConfig:
     logging_steps: int = 10
     world_size: int | None = None  # None: $WORLD_SIZE (set by accelerate / torchrun), else 1
     progress_bar: bool = True
+    # the Reflection 70B tags (<thinking> ... </output>) as single tokens: new embedding rows
+    # (mean-initialised, resized), off by default (see rtune.reflection)
+    reflection_tokens: bool = False
 
     def validate(self) -> None:
         """Raise ConfigError for any setting that cannot work; runs before any compute."""

@@ -70,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="save a checkpoint every N optimizer steps (default: every epoch)")
     o.add_argument("--logging-steps", type=int, default=_D.logging_steps,
                    help="log the loss every N steps")
+    o.add_argument("--reflection-tokens", action="store_true",
+                   help="add the <thinking>/<reflection>/<output> tags as single tokens "
+                   "(embeddings resized, new rows mean-initialised); off by default")
     o.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -85,7 +88,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lora_alpha=args.lora_alpha, packing=args.packing,
         gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, seed=args.seed,
         resume=args.resume, save_steps=args.save_steps, logging_steps=args.logging_steps,
-        progress_bar=not args.json)
+        progress_bar=not args.json, reflection_tokens=args.reflection_tokens)
 
 
 def run(args: argparse.Namespace) -> int:
