@@ -83,14 +83,20 @@ def main() -> int:
     reference(scorer, records[0])
 
     started = time.perf_counter()
-    ref = [reference(scorer, r) for r in records]
+    ref = []
+    for r in records:
+        ref.append(reference(scorer, r))
+        print(f"\rbaseline {len(ref)}/{len(records)}", end="", file=sys.stderr, flush=True)
     t_ref = time.perf_counter() - started
+    print(f" {t_ref:.1f} s", file=sys.stderr)
 
     started = time.perf_counter()
     ours: dict[int, dict] = {}
     for chunk in scorer.iter_chunks(records):
         ours.update(chunk)
+        print(f"\rrtune {len(ours)}/{len(records)}", end="", file=sys.stderr, flush=True)
     t_ours = time.perf_counter() - started
+    print(f" {t_ours:.1f} s", file=sys.stderr)
 
     diffs = {k: max(abs(ours[i][k] - ref[i][k]) for i in range(len(records)))
              for k in ("ifd_ppl", "rifd_ppl", "ifd_loss", "rifd_loss")}

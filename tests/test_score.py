@@ -292,3 +292,31 @@ def test_resume_after_kill(tiny, tiny_llama_path, tmp_path, capsys):
         for field in ("loss_A_direct", "loss_A_condition", "loss_Q_direct",
                       "loss_Q_condition", "ifd_ppl", "rifd_ppl"):
             assert stored[field] == pytest.approx(row[field], abs=1e-6), field
+
+
+def test_data_parallel_shares_and_main_process_writes(tiny, tiny_llama_path, tmp_path):
+    """Two processes under torchrun: fixed disjoint shares, one output file with every record,
+    the same numbers as one process."""
+    data = [{"instruction": f"Question {i}: what is {i} plus {i}?", "input": "",
+             "output": f"The answer is {2 * i}. " * (1 + i % 4)} for i in range(9)]
+    src = tmp_path / "data.json"
+    src.write_text(json.dumps(data))
+    out = tmp_path / "scored.jsonl"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29500 + os.getpid() % 1000), "-m", "rtune", "score", str(src),
+           "--student", str(tiny_llama_path), "--device", "cpu", "-o", str(out),
+           "--no-progress", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])  # only the main process prints
+    assert summary["scored_total"] == 9 and summary["scored_now"] == 5  # rank 0: records 0,2,..
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["output"] for r in rows] == [d["output"] for d in data]
+    model, tok = tiny
+    recs = [Record(d["instruction"], d["output"], source_index=i) for i, d in enumerate(data)]
+    config = ScoreConfig(student=str(tiny_llama_path))
+    for row in score_records(recs, config, model=model, tokenizer=tok):
+        for field in ("loss_A_condition", "loss_Q_condition", "ifd_ppl", "rifd_ppl"):
+            assert rows[row["index"]][field] == pytest.approx(row[field], abs=1e-5), field
+    assert not any(p.name.endswith(".rtune-score") for p in tmp_path.iterdir())

@@ -167,6 +167,11 @@ def test_template_errors(tok):
         render_prompt("mistral", "Hi")
     with pytest.raises(ConfigError, match="<\\|eot_id\\|>"):
         check_tokenizer("llama3", tok)
+    no_bos = AutoTokenizer.from_pretrained(tok.name_or_path)
+    no_bos.bos_token = None
+    with pytest.raises(ConfigError, match="BOS"):
+        check_tokenizer("llama2", no_bos)
+    check_tokenizer("vicuna", no_bos)  # vicuna never uses the BOS token
     bare = AutoTokenizer.from_pretrained(tok.name_or_path)
     bare.chat_template = None
     with pytest.raises(ConfigError, match="auto"):

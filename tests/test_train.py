@@ -93,6 +93,13 @@ def test_batch_plan_and_errors_before_compute(tiny_llama_path, tmp_path):
         train(empty, _config(tiny_llama_path, out))
     with pytest.raises(ConfigError, match="max-length"):
         train(RECORDS, _config(tiny_llama_path, out, max_length=8))
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="qlora"):  # bitsandbytes / CUDA missing
+            train(RECORDS, _config(tiny_llama_path, out, qlora=True))
     assert not out.exists()  # nothing was computed or written
 
 

@@ -355,10 +355,13 @@ def score_run(run_dir: str | Path, config: ScoreConfig, *, progress: Progress | 
                               "first, or score a dataset file")
         done, seconds = _store_scores(store, candidates, config, progress=progress,
                                       model=model, tokenizer=tokenizer)
+    rank, world = _process()
+    _wait_for_everyone()  # data-parallel: the summary covers every process's share
+    with RunStore(run_dir, create=False) as store:
         summary = _summary(store, candidates, seconds, done)
-        if _process()[0] == 0:
+        if rank == 0:
             store.set_meta("score_config", config.to_dict())
-    summary["run_dir"] = str(run_dir)
+    summary.update(rank=rank, processes=world, run_dir=str(run_dir))
     return summary
 
 
@@ -378,15 +381,21 @@ def score_file(path: str | os.PathLike, config: ScoreConfig, output: str | os.Pa
     output = Path(output)
     work = output.parent / f".{output.name}.rtune-score"
     stamp = _file_stamp(path)
+    rank, world = _process()
+    if rank == 0:  # scores of an earlier version of the input are stale
+        with RunStore(work) as store:
+            if store.get_meta("input") not in (None, stamp):
+                store.db.execute("DELETE FROM items WHERE ns = ?", (NAMESPACE,))
+            store.set_meta("input", stamp)
+    _wait_for_everyone()
     with RunStore(work) as store:
-        if store.get_meta("input") not in (None, stamp):
-            store.db.execute("DELETE FROM items WHERE ns = ?", (NAMESPACE,))
-        store.set_meta("input", stamp)
         done, seconds = _store_scores(store, records, config, progress=progress,
                                       model=model, tokenizer=tokenizer)
-        if _process()[1] > 1:
-            return {"scored_now": done, "note": "data-parallel: rerun in one process to write "
-                    "the output file"}
+    _wait_for_everyone()
+    if rank != 0:  # data-parallel: the main process writes the output file
+        return {"scored_now": done, "seconds": round(seconds, 2), "rank": rank,
+                "processes": world}
+    with RunStore(work) as store:
         summary = _summary(store, records, seconds, done)
         scores = dict(store.items(NAMESPACE))
     _write_scored(records, scores, output)
@@ -431,9 +440,10 @@ def _store_scores(store: RunStore, records: list[Record], config: ScoreConfig, *
                 raise ConfigError(
                     f"scores already stored here were made with {mine} (e.g. {key}), not "
                     f"{identity}: pass --force to rescore everything with the new settings")
-    pending = [r for r in records if config.force or score_key(r) not in existing]
     rank, world = _process()
-    pending = pending[rank::world]
+    # each process owns a fixed share of all records (not of the pending ones, which change
+    # as the others store results), so shares never overlap or leave gaps
+    pending = [r for r in records[rank::world] if config.force or score_key(r) not in existing]
     total = len(pending)
     if progress:
         progress(0, total)
@@ -458,6 +468,21 @@ def _process() -> tuple[int, int]:
     if world <= 1:
         return 0, 1
     return int(os.environ.get("RANK", "0") or 0), world
+
+
+def _wait_for_everyone() -> None:
+    """A barrier across the processes of ``accelerate launch`` / torchrun (none alone)."""
+    if _process()[1] <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()  # sets up the process group (NCCL on GPUs, gloo on CPU)
+    # torch's barrier: accelerate's wait_for_everyone is a no-op for CPU processes
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def _with_device(config: ScoreConfig) -> ScoreConfig:

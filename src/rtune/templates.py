@@ -159,6 +159,10 @@ def check_tokenizer(template: str, tokenizer: Any) -> None:
     if tpl.end_of_turn is None and tpl.jinja is not None and not tokenizer.eos_token:
         raise ConfigError(f"template {tpl.name!r} ends each answer with the EOS token, "
                           "but the tokenizer has none")
+    if tpl.jinja is not None and "bos_token" in tpl.jinja and not tokenizer.bos_token:
+        raise ConfigError(f"template {tpl.name!r} starts with the BOS token, but this model's "
+                          "tokenizer has none: use --template auto (the model's own chat "
+                          "template) or vicuna / alpaca / chatml")
     vocab = tokenizer.get_vocab()
     missing = [t for t in tpl.needs if t not in vocab]
     if missing:

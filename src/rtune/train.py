@@ -99,6 +99,7 @@ def train(data: str | os.PathLike | Iterable[Record | dict], config: TrainConfig
     config.validate()
     plan = config.batch_plan()
     resume = _resume_checkpoint(config)
+    _check_qlora(config)
     resolve_model(config.model)  # ConfigError for a model that does not exist
     tokenizer = load_tokenizer(config.model)
     check_tokenizer(config.template, tokenizer)
@@ -208,10 +209,13 @@ def _build_trainer(features: list[dict], tokenizer: Any, config: TrainConfig, pl
     from .models import load_model
 
     bf16 = _use_bf16(config)
-    # fp32 master weights (bf16 autocast on GPU); a frozen LoRA base can stay in bf16.
-    dtype = torch.bfloat16 if (bf16 and config.lora) else torch.float32
-    # load on CPU: Trainer / accelerate place (or shard) the model on the right device(s)
-    model, _ = load_model(config.model, device="cpu", dtype=dtype, for_training=True)
+    if config.qlora:
+        model = _load_4bit(config)
+    else:
+        # fp32 master weights (bf16 autocast on GPU); a frozen LoRA base can stay in bf16.
+        dtype = torch.bfloat16 if (bf16 and config.lora) else torch.float32
+        # load on CPU: Trainer / accelerate place (or shard) the model on the right device(s)
+        model, _ = load_model(config.model, device="cpu", dtype=dtype, for_training=True)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # tokens were added
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if config.lora:
@@ -254,6 +258,35 @@ def _build_trainer(features: list[dict], tokenizer: Any, config: TrainConfig, pl
                    data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
 
 
+def _check_qlora(config: TrainConfig) -> None:
+    import torch
+
+    if config.qlora and not torch.cuda.is_available():
+        raise ConfigError("--qlora needs a CUDA GPU (bitsandbytes 4-bit layers); on CPU use "
+                          "--lora")
+
+
+def _load_4bit(config: TrainConfig) -> Any:
+    """The base model quantized to 4-bit NF4 on this process's GPU, ready for k-bit training."""
+    import torch
+    from accelerate import PartialState
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from .models import resolve_model
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                               bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(config.model), quantization_config=quant, dtype=torch.bfloat16,
+        device_map={"": PartialState().local_process_index}, local_files_only=True)
+    model.config.use_cache = False
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _save(trainer: Any, tokenizer: Any, config: TrainConfig) -> None:
     """Model + tokenizer carrying the chat template it was trained with."""
     out = Path(config.output_dir)
@@ -270,7 +303,8 @@ def _save(trainer: Any, tokenizer: Any, config: TrainConfig) -> None:
         base.generation_config.pad_token_id = tokenizer.pad_token_id
     if config.lora:
         trainer.save_model(str(out / "adapter"))
-        if config.merge_lora and trainer.args.world_size == 1:
+        # a 4-bit base cannot be merged exactly: QLoRA saves the adapter only
+        if config.merge_lora and not config.qlora and trainer.args.world_size == 1:
             merged = model.merge_and_unload()
             merged.save_pretrained(out)
     else:

@@ -58,6 +58,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_target_modules: str | list[str] = "all-linear"
     merge_lora: bool = True  # save merged full weights (single process), adapter kept in adapter/
+    qlora: bool = False  # LoRA on a 4-bit NF4 base (bitsandbytes, CUDA); saves the adapter only
     packing: bool = False  # padding-free: each batch is one row of concatenated records
     gradient_checkpointing: bool = False
     bf16: bool | None = None  # None: bf16 mixed precision on a CUDA GPU that supports it
@@ -90,6 +91,13 @@ class TrainConfig:
             raise ConfigError(f"weight decay must be >= 0 (got {self.weight_decay})")
         if self.save_steps is not None and self.save_steps <= 0:
             raise ConfigError(f"--save-steps must be > 0 (got {self.save_steps})")
+        if self.qlora:
+            self.lora = True
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ConfigError("--qlora loads the model in 4 bits with bitsandbytes, which "
+                                  "is not installed: pip install bitsandbytes (or use --lora)")
         if self.lora and (self.lora_r <= 0 or self.lora_alpha <= 0):
             raise ConfigError(f"--lora needs r > 0 and alpha > 0 (got {self.lora_r}, "
                               f"{self.lora_alpha})")

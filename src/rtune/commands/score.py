@@ -6,6 +6,7 @@ with the score fields). Multi-GPU: ``accelerate launch -m rtune score ...`` shar
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -48,16 +49,19 @@ def run(args: argparse.Namespace) -> int:
                          device=args.device, dtype=args.dtype, force=args.force)
     config.validate()
     target = Path(args.target)
-    with _Bar(enabled=not args.no_progress) as bar:
+    main_process = int(os.environ.get("RANK", "0") or 0) == 0
+    with _Bar(enabled=not args.no_progress and main_process) as bar:
         if (target / STORE_NAME).is_file():
             summary = score_run(target, config, progress=bar.update)
-            if args.output:
+            if args.output and summary["rank"] == 0:
                 summary["output"] = args.output
                 summary["written"] = write_run_scores(target, args.output)
         else:
             output = args.output or str(target.with_name(f"{target.stem}.scored.jsonl"))
             summary = score_file(target, config, output, input_format=args.input_format,
                                  progress=bar.update)
+    if summary.get("rank", 0) != 0:
+        return 0  # under accelerate launch / torchrun only the main process reports
     if args.json:
         print_json(summary)
         return 0

@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("options")
     o.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of "
                    "all weights; the saved folder holds merged weights and adapter/")
+    o.add_argument("--qlora", action="store_true",
+                   help="QLoRA: LoRA adapters on the model loaded in 4-bit NF4 (needs a CUDA "
+                   "GPU and bitsandbytes); the saved folder holds the adapter in adapter/")
     o.add_argument("--lora-r", type=int, default=_D.lora_r, help="LoRA rank")
     o.add_argument("--lora-alpha", type=int, default=_D.lora_alpha, help="LoRA alpha")
     o.add_argument("--packing", "--padding-free", dest="packing", action="store_true",
@@ -84,7 +87,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr_scheduler_type=args.lr_scheduler, epochs=args.epochs,
         global_batch_size=args.global_batch_size,
         per_device_batch_size=args.per_device_batch_size, max_length=args.max_length,
-        max_steps=args.max_steps, lora=args.lora, lora_r=args.lora_r,
+        max_steps=args.max_steps, lora=args.lora or args.qlora, qlora=args.qlora,
+        lora_r=args.lora_r,
         lora_alpha=args.lora_alpha, packing=args.packing,
         gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, seed=args.seed,
         resume=args.resume, save_steps=args.save_steps, logging_steps=args.logging_steps,
