@@ -209,3 +209,20 @@ def test_cli_packing_lora_json(tiny_llama_path, tmp_path, capsys):
     rc = main(["train", str(data), "--model", str(tiny_llama_path), "-o", str(out),
                "--global-batch-size", "6", "--per-device-batch-size", "4"])
     assert rc == 2 and "not a multiple" in capsys.readouterr().err
+
+
+def test_hub_id_resolves_from_the_local_cache_only(tiny_llama_path, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants
+
+    from rtune.models import resolve_model
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ConfigError, match="never downloads"):
+        resolve_model("some-org/tiny-llama")
+    repo = tmp_path / "models--some-org--tiny-llama"
+    shutil.copytree(tiny_llama_path, repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    assert resolve_model("some-org/tiny-llama") == repo / "snapshots" / "abc123"

@@ -85,9 +85,28 @@ def resolve_model(spec: str = "local") -> Path:
         return _converted(path)
     if path.exists():
         raise ConfigError(f"model {path}: expected a Hugging Face model folder or a .gguf file")
+    cached = _hub_cache_folder(spec)
+    if cached is not None:
+        return cached
     raise ConfigError(f"model {spec!r} not found: expected 'local' (the embedded SmolLM2), "
-                      "'local:/path' or a path to a Hugging Face folder or a .gguf file "
-                      "(rtune never downloads models from the hub)")
+                      "'local:/path', a path to a Hugging Face folder or a .gguf file, or a "
+                      "Hub id already in the local Hugging Face cache (rtune never downloads "
+                      "models from the hub: huggingface-cli download ID first)")
+
+
+def _hub_cache_folder(spec: str) -> Path | None:
+    """The snapshot folder of Hub id ``org/name`` in the local HF cache, without any network."""
+    import re
+
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", spec.strip()):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(spec.strip(), local_files_only=True))
+    except Exception:  # not cached (or not a valid id): the caller explains
+        return None
+    return folder if (folder / "config.json").is_file() else None
 
 
 def load_model(spec: str = "local", *, device: str = "auto", dtype: Any = None,
