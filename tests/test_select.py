@@ -183,3 +183,17 @@ def test_run_dir_decisions_stored_and_written(tmp_path, capsys):
     assert main(["select", str(run), "--policy", "stage", "--kind", "both", "-o",
                  str(tmp_path / "v1.jsonl")]) == 0
     assert len((tmp_path / "v1.jsonl").read_text().splitlines()) == len(CASES)
+
+
+def test_selective_on_a_plain_scored_file_explains(tmp_path, capsys):
+    path = tmp_path / "scored.jsonl"
+    rows = [{"instruction": f"q{i}", "input": "", "output": f"a{i}", "source_index": i,
+             "kind": "orig", "ifd_ppl": 0.5 + i / 10, "rifd_ppl": 0.9} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["select", str(path), "--policy", "selective"]) == 0
+    out = capsys.readouterr()
+    assert "4 source records, 0 kept" in out.out and "--policy cherry" in out.err
+    assert main(["select", str(path), "--policy", "cherry", "--top", "2", "-o",
+                 str(tmp_path / "c.json"), "--format", "alpaca"]) == 0
+    kept = json.loads((tmp_path / "c.json").read_text())
+    assert [r["output"] for r in kept] == ["a2", "a3"]  # IFD 0.7 and 0.8: the highest below 1

@@ -7,6 +7,7 @@ and its reason (stored in the run as namespace ``selection``)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..io import OUTPUT_FORMATS
 from ._common import print_json
@@ -57,4 +58,8 @@ def run(args: argparse.Namespace) -> int:
               f"{CASES.get(case, '')}")
     if written is not None:
         print(f"wrote {written} records to {args.output}")
+    if args.policy == "selective" and set(counts) == {"missing"}:
+        print("note: no source record has the scores the rule needs (orig, ins, res, both "
+              "candidates): score a recycled run first, or use --policy cherry on a plain "
+              "dataset", file=sys.stderr)
     return 0
