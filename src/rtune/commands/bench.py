@@ -59,8 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="wrap prompts in the model's saved chat template (instruction-tuned "
                    "models)")
     p.add_argument("--gen-kwargs", default=None, metavar="K=V,...",
-                   help="generation settings for generate-until tasks, e.g. max_gen_toks=1024 "
-                   "(Reflection-style models think before answering: give them room)")
+                   help="generation settings for generate-until tasks, e.g. max_gen_toks=1024. "
+                   "Reflection-style models think before answering: give them room and stop "
+                   "them after the answer, e.g. max_gen_toks=2048,until=</output> (a task's "
+                   "own stop strings such as a blank line would cut them inside <thinking>)")
     p.add_argument("--output-only", action="store_true",
                    help="Reflection-style models: score only the <output> part of each "
                    "generation (whole text when there is none, counted); generate-until "
