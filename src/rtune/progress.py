@@ -19,10 +19,28 @@ from rich.progress import (
 from rich.text import Text
 
 
+def rate_text(per_second: float) -> str:
+    """Records per second, or per minute / hour when slower (a local CPU oracle)."""
+    if per_second >= 0.1 or per_second <= 0:
+        return f"{per_second:.2f} rec/s"
+    if per_second * 60 >= 0.1:
+        return f"{per_second * 60:.2f} rec/min"
+    return f"{per_second * 3600:.2f} rec/h"
+
+
+def duration_text(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:.2f} rec/s" if speed else "-- rec/s", style="cyan")
+        return Text(rate_text(speed) if speed else "-- rec/s", style="cyan")
 
 
 class RunProgress:
@@ -73,8 +91,9 @@ class RunProgress:
         total = f"/{self.total}" if self.total is not None else ""
         eta = ""
         if self.total and rate > 0:
-            eta = f", ETA {(self.total - self.done) / rate:.0f}s"
-        return f"{self.label}: {self.done}{total} records, {rate:.2f} rec/s{eta}, {self.usage()}"
+            eta = f", ETA {duration_text((self.total - self.done) / rate)}"
+        return (f"{self.label}: {self.done}{total} records, {rate_text(rate)}{eta}, "
+                f"{self.usage()}")
 
     def add_call(self, result) -> None:
         self.calls += 1
