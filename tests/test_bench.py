@@ -154,7 +154,7 @@ def test_output_only_scores_the_output_part(tmp_path):
     kw = {"include_path": tasks, "bootstrap_iters": 0}
     names = "rtune_mc,rtune_group"  # the group holds both generate-until tasks
     whole = bench(ReflectionLM(), names, **kw)
-    only = bench(ReflectionLM(), names, output_only=True, **kw)
+    only = bench(ReflectionLM(), names, output_only=True, log_samples=True, **kw)
     n = len(GEN_DOCS)
     # exact match on the whole text: never; on the <output> part: never either (it says
     # "The answer is N"), but the regex task reads the first "The answer is N": the thinking's
@@ -176,6 +176,10 @@ def test_output_only_scores_the_output_part(tmp_path):
         assert row(s, "rtune_mc", "acc")["value"] == pytest.approx(expected_mc)
         assert row(s, "rtune_mc", "acc")["scored"] == "log-likelihood"
     assert "1/5 generations had no <output> part" in format_markdown(only)
+    # the samples keep the raw generation and what was scored
+    sample = only["samples"]["rtune_gen_regex"][0]
+    assert sample["resps"][0][0].startswith("<thinking>")
+    assert sample["filtered_resps"][0] == GEN_DOCS[sample["doc_id"]]["a"]
 
 
 def test_output_only_filter_directly():
@@ -197,6 +201,8 @@ def test_bench_errors(tmp_path, tiny_llama_path, monkeypatch):
         bench(str(tmp_path / "no-model"), "rtune_mc", include_path=tasks)
     with pytest.raises(ConfigError, match="no task"):
         bench(ReflectionLM(), " , ")
+    assert main(["bench", str(tiny_llama_path), "--tasks", "rtune_mc", "--include-path",
+                 str(tasks), "--log-samples", "-o", str(tmp_path / "s.md")]) == 2
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if the extra were not installed
     with pytest.raises(ConfigError, match=r"pip install 'rtune\[bench\]'"):
         bench(str(tiny_llama_path), "rtune_mc", include_path=tasks)

@@ -74,7 +74,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-samples", action="store_true",
                    help="keep every scored sample (prompt, generation, filtered answer) in "
                    "the JSON summary")
-    p.add_argument("--verbose", action="store_true", help="lm-eval's own info logging")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         num_fewshot=args.num_fewshot, apply_chat_template=args.apply_chat_template,
         gen_kwargs=args.gen_kwargs, output_only=args.output_only,
         bootstrap_iters=args.bootstrap_iters, output=args.output,
-        log_samples=args.log_samples, quiet=not args.verbose)
+        log_samples=args.log_samples, quiet=not getattr(args, "verbose", False))
     if not summary:  # a non-zero rank of a distributed run
         return 0
     if args.json:
