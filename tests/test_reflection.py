@@ -215,8 +215,12 @@ def test_recycle_stage_reflection_format_end_to_end(oracle_server, tmp_path):
                          else "hello")
     config = RecycleConfig(stages=("reflection-format",), oracle=oracle_server.url, model="m",
                            progress=False)
+    from rtune.estimate import estimate
+
+    assert estimate(data, config)["stages"]["reflection-format"]["calls"] == 2  # --dry-run
     summary = recycle(data, tmp_path / "run", config, output=tmp_path / "out.jsonl")
     assert summary.candidates["reflection"] == {"ok": 1, "fallback": 1}
+    assert estimate(data, config, tmp_path / "run")["total"]["calls"] == 0  # all done
     assert len(oracle_server.requests) == 3  # coin, hi, and a re-ask of the malformed "hello"
     reask = next(r["messages"] for r in oracle_server.requests if len(r["messages"]) == 4)
     assert reask[-2] == {"role": "assistant", "content": "hello"} and "no tags" in reask[-1][
@@ -380,7 +384,6 @@ def _tiny_llama3(tiny_llama_path, folder):
     return folder
 
 
-@pytest.mark.timeout(120)
 def test_tagged_data_trains_with_llama3_and_the_model_answers_in_the_format(
         oracle_server, tiny_llama_path, tmp_path, capsys):
     """recycle --stages reflection-format -> export the ok candidates -> rtune train --template

@@ -28,12 +28,14 @@ def estimate(input_path: str | Path, config: RecycleConfig,
     """
     validate_input(input_path, config)
     store = RunStore(run_dir) if run_dir and (Path(run_dir) / "rtune.sqlite").exists() else None
-    prompts = {name: load_prompt(spec.prompt, config.prompts_dir)
-               for name, spec in STAGE_SPECS.items() if name in config.stages}
+    names = {**{name: spec.prompt for name, spec in STAGE_SPECS.items()},
+             "reflection-format": "reflection_format"}
+    prompts = {name: load_prompt(prompt, config.prompts_dir)
+               for name, prompt in names.items() if name in config.stages}
     prices = Prices.load(config.prices_file, model=config.model_name, price_in=config.price_in,
                          price_out=config.price_out)
     rows = {s: {"calls": 0, "tokens_in": 0, "tokens_out": 0, "tokens_out_max": 0}
-            for s in config.stages if s in STAGE_SPECS}
+            for s in config.stages if s in prompts}
     records = skipped = 0
     for rec in iter_input(input_path, config):
         records += 1
