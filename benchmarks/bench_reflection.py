@@ -6,7 +6,12 @@ tags in code, fenced replies, no tags...), each around a known answer (real Alpa
 naive baseline ``re.search(r"<output>(.*?)</output>")`` (else the whole text), run in the same
 process: exact-answer rate per shape, then replies/s.
 
-    python benchmarks/bench_reflection.py [--per-shape 300] [--repeat 3]
+Then `rtune reflect` over the engine against the loopback server (tests/oracle_server.py,
+fixed latency per call): format and loop mode at --concurrency vs one call at a time (the
+baseline, same process), and a rerun on the same run store (resume: no call is made).
+
+    python benchmarks/bench_reflection.py [--per-shape 300] [--repeat 3] [--questions 64]
+        [--latency 0.05] [--concurrency 16]
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import argparse
 import json
 import random
 import re
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rtune.reflection import extract_output
+from rtune.reflection import extract_output, reflect
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _NAIVE = re.compile(r"<output>(.*?)</output>", re.DOTALL)
@@ -73,6 +80,9 @@ def main() -> None:
     ap.add_argument("--per-shape", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=3, help="timing passes (best is kept)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--questions", type=int, default=64, help="inference: questions")
+    ap.add_argument("--latency", type=float, default=0.05, help="inference: s per call")
+    ap.add_argument("--concurrency", type=int, default=16, help="inference: calls in flight")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     cases: list[tuple[str, str, str]] = []
@@ -109,6 +119,50 @@ def main() -> None:
     print(f"\nspeed (mean reply {mean_chars:.0f} chars): rtune {speed['rtune']:,.0f} replies/s, "
           f"naive {speed['naive regex']:,.0f} replies/s, ratio rtune/naive "
           f"{speed['rtune'] / speed['naive regex']:.3f}")
+    if a.questions > 0:
+        inference(a)
+
+
+
+def loopback_reply(body: dict) -> str:
+    """A scripted model: tagged replies in format mode, verdict "revise" in loop critiques."""
+    user = body["messages"][-1]["content"]
+    if body["messages"][0]["content"].lstrip().startswith("You are a careful assistant that"):
+        return f"<thinking>{T}<reflection>{R}</reflection></thinking><output>bed</output>"
+    if user.startswith("Here is a question and an answer"):
+        return "The cup was turned over.\nVerdict: revise"
+    return f"The coin is on the bed ({len(user)})."  # each round's revision differs
+
+
+def inference(a: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from oracle_server import OracleServer  # the loopback server of the tests
+
+    questions = [f"Question {i}: where is the coin?" for i in range(a.questions)]
+    print(f"\nrtune reflect, {a.questions} questions, loopback latency {a.latency:g} s per call")
+    print(f"{'mode':16s} {'calls':>6s} {'1 at a time':>12s} {f'concurrency {a.concurrency}':>15s}"
+          f" {'ratio':>7s} {'rerun (resume)':>15s}")
+    with OracleServer(latency=lambda: a.latency) as server:
+        server.script(loopback_reply)
+        for mode, rounds in (("format", 0), ("loop", 2)):
+            times, calls = {}, 0
+            for conc in (1, a.concurrency):
+                with tempfile.TemporaryDirectory() as run:
+                    before = len(server.requests)
+                    kw = dict(oracle=server.url, model="m", mode=mode, rounds=rounds,
+                              run_dir=run, concurrency=conc, stop_when_correct=False)
+                    start = time.perf_counter()
+                    results = reflect(questions, **kw)
+                    times[conc] = time.perf_counter() - start
+                    calls = len(server.requests) - before
+                    assert all(r["answer"] for r in results), results[0]
+                    start = time.perf_counter()
+                    reflect(questions, **kw)
+                    rerun = time.perf_counter() - start
+                    assert len(server.requests) - before == calls  # resume: no new call
+            label = mode if mode == "format" else f"loop, {rounds} rounds"
+            print(f"{label:16s} {calls:6d} {times[1]:11.2f}s {times[a.concurrency]:14.2f}s "
+                  f"{times[1] / times[a.concurrency]:6.1f}x {rerun:14.2f}s")
 
 
 if __name__ == "__main__":
