@@ -343,6 +343,11 @@ def test_cli_single_question_and_file(oracle_server, tmp_path, capsys):
                  "--run-dir", str(tmp_path / "run")]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a", "1"] and all(r["mode"] == "loop" for r in rows)
+    from rtune.judge import read_answers  # the file is judged as it is: final answers only
+
+    assert [(a.instruction, a.output) for a in read_answers([out])] == [
+        (r["question"], r["answer"]) for r in rows]
+    assert rows[0]["instruction"] == COIN and "<thinking>" not in rows[0]["output"]
     assert (tmp_path / "run" / "rtune.sqlite").exists()
 
     bad = tmp_path / "bad.jsonl"

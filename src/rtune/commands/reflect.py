@@ -75,6 +75,15 @@ def read_questions(path: Path) -> list[Any]:
     return items
 
 
+def answer_row(result: dict[str, Any]) -> dict[str, Any]:
+    """One output line: the result, plus instruction / output (the final answer only) /
+    generator, so `rtune judge` and AlpacaEval read the file as it is."""
+    row = {"id": result["id"], "instruction": result["question"], "output": result["answer"],
+           "generator": f"{result['model']}-reflect-{result['mode']}"}
+    row.update((k, v) for k, v in result.items() if k not in ("index", *row))
+    return row
+
+
 def _show(result: dict[str, Any], show_thinking: bool) -> None:
     if result.get("error"):
         print(f"error: {result['error']}", file=sys.stderr)
@@ -123,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if not is_file:
         _show(results[0], args.show_thinking)
         return 1 if failed else 0
-    lines = (json.dumps({k: v for k, v in r.items() if k != "index"}, ensure_ascii=False)
-             for r in results)
+    lines = (json.dumps(answer_row(r), ensure_ascii=False) for r in results)
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
