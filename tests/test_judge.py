@@ -384,3 +384,13 @@ def test_generate_both_sides_then_judge_on_the_real_vicuna_set(oracle_server, sh
     assert vic["score"] == pytest.approx((n - ties) / n + 1)
     # identical answers make both orders the same request: asked (and paid) once
     assert len(oracle_server.requests) == 2 * n + 2 * n - ties
+
+
+def test_judge_that_never_scores_gives_failures_and_a_chart_saying_so(oracle_server, tmp_path):
+    pa, pb = write_sides(tmp_path, [(8, 5), (5, 5)], sets=("koala",))
+    oracle_server.script(lambda body: "I'm ready to help. What's your next question?")
+    res = run_judge(oracle_server, tmp_path, pa, pb)
+    o = res["overall"]
+    assert (o["n"], o["failed"], o["score"], o["ci95"]) == (0, 2, None, None)
+    assert res["failures"] == {"unparseable": 2} and len(oracle_server.requests) == 8
+    assert (tmp_path / "out" / "wtl.png").read_bytes()[:4] == b"\x89PNG"

@@ -330,14 +330,27 @@ def wtl_chart(results: dict[str, Any], path: str | Path) -> None:
     if len(blocks) > 1:
         blocks.append(("all", results["overall"]))
     blocks = [(name, b) for name, b in blocks if b["n"]][::-1]
+    judge_name = results.get("judge", {}).get("model", "")
+    title = f"{results['a']} vs {results['b']}" + (f" (judge: {judge_name})" if judge_name
+                                                   else "")
+    if not blocks:  # every question failed: say so instead of drawing empty axes
+        fig, ax = plt.subplots(figsize=(8, 2))
+        ax.axis("off")
+        ax.set_title(title)
+        ax.text(0.5, 0.5, f"no question judged: {results['overall']['failed']} failed "
+                "(see results.json)", ha="center", va="center", fontsize=11)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
     fig, ax = plt.subplots(figsize=(8, 0.55 * len(blocks) + 1.6))
     colors = {"win": "#4c9a5a", "tie": "#d9c36a", "loss": "#c8574d"}
     labels = {"win": f"{results['a']} wins", "tie": "tie", "loss": f"{results['b']} wins"}
     left = [0.0] * len(blocks)
     for part in ("win", "tie", "loss"):
         shares = [b[part] / b["n"] for _, b in blocks]
-        bars = ax.barh([n for n, _ in blocks], shares, left=left, color=colors[part],
-                       label=labels[part])
+        names = [n + (f" ({b['failed']} failed)" if b.get("failed") else "")
+                 for n, b in blocks]
+        bars = ax.barh(names, shares, left=left, color=colors[part], label=labels[part])
         for bar, (_, b), share in zip(bars, blocks, shares):
             if share >= 0.06:
                 ax.text(bar.get_x() + bar.get_width() / 2, bar.get_y() + bar.get_height() / 2,
@@ -345,12 +358,10 @@ def wtl_chart(results: dict[str, Any], path: str | Path) -> None:
         left = [x + s for x, s in zip(left, shares)]
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of questions")
-    judge_name = results.get("judge", {}).get("model", "")
-    ax.set_title(f"{results['a']} vs {results['b']}" + (f" (judge: {judge_name})"
-                                                        if judge_name else ""))
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(blocks) < 3 else -0.15),
-              ncol=3, frameon=False)
-    fig.tight_layout()
+    ax.set_title(title)
+    height = fig.get_figheight()
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.4 / height, 1, 1))  # room for the legend below the axis
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
