@@ -16,6 +16,18 @@ from . import commands
 from .errors import RtuneError
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their own line breaks (examples stay readable); an option's help
+    shows its default when there is one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or action.default in (None, False, [], "", argparse.SUPPRESS)
+                or not action.option_strings or "default" in text.lower()):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rtune", description="Reflection-Tuning: recycle, score, select, train, judge, "
@@ -28,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         name = getattr(module, "NAME", info.name)
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__ or module.HELP,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
