@@ -16,7 +16,7 @@ import pytest
 
 from rtune.errors import ConfigError
 from rtune.records import Record
-from rtune.score import PASSES, Scorer, score_file, score_records, score_run
+from rtune.score import PASSES, Scorer, Seq, score_file, score_records, score_run
 from rtune.score_config import REVERSE_PROMPT, ScoreConfig
 from rtune.store import STORE_NAME, RunStore
 
@@ -122,14 +122,15 @@ def _records(tok, template: str, max_length: int) -> list[Record]:
     return recs
 
 
-@pytest.mark.parametrize("template,max_length,batch_size", [
-    ("vicuna", 2048, 3), ("vicuna", 320, 4), ("alpaca", 320, 1), ("chat", 2048, 8),
+@pytest.mark.parametrize("template,max_length,batch_size,prefix_cache", [
+    ("vicuna", 2048, 3, False), ("vicuna", 320, 4, True), ("alpaca", 320, 1, None),
+    ("chat", 2048, 8, True),
 ])
-def test_batched_equals_reference(tiny, template, max_length, batch_size):
+def test_batched_equals_reference(tiny, template, max_length, batch_size, prefix_cache):
     model, tok = tiny
     recs = _records(tok, template, max_length)
     config = ScoreConfig(student="tiny", template=template, max_length=max_length,
-                         batch_size=batch_size)
+                         batch_size=batch_size, prefix_cache=prefix_cache)
     got = {r["index"]: r for r in score_records(recs, config, model=model, tokenizer=tok)}
     assert sorted(got) == list(range(len(recs)))
     undefined = truncated = 0
@@ -162,10 +163,11 @@ def test_batched_equals_reference(tiny, template, max_length, batch_size):
         assert got[5]["reason"] == "Q_direct: a single token, nothing to predict"
 
 
-def test_prefix_cache_changes_nothing(tiny):
+def test_prefix_cache_changes_nothing(tiny, monkeypatch):
     model, tok = tiny
+    monkeypatch.setattr("rtune.score.PAD_LIMIT", 100.0)  # full batches: one head per pass
     recs = _records(tok, "vicuna", 2048)
-    cached = Scorer(ScoreConfig(student="tiny", batch_size=4), model, tok)
+    cached = Scorer(ScoreConfig(student="tiny", batch_size=4, prefix_cache=True), model, tok)
     plain = Scorer(ScoreConfig(student="tiny", batch_size=4, prefix_cache=False), model, tok)
     a, b = cached.score(recs), plain.score(recs)
     assert len(cached._prefix_kv) == 2  # the heads of p(x) and p(r(y)) were reused
@@ -320,3 +322,17 @@ def test_data_parallel_shares_and_main_process_writes(tiny, tiny_llama_path, tmp
         for field in ("loss_A_condition", "loss_Q_condition", "ifd_ppl", "rifd_ppl"):
             assert rows[row["index"]][field] == pytest.approx(row[field], abs=1e-5), field
     assert not any(p.name.endswith(".rtune-score") for p in tmp_path.iterdir())
+
+
+def test_batches_limit_padding(tiny):
+    model, tok = tiny
+    scorer = Scorer(ScoreConfig(student="tiny", batch_size=4), model, tok)
+    seen: list[list[int]] = []
+    real = scorer._batch_losses
+    scorer._batch_losses = lambda seqs: seen.append([len(s.ids) for s in seqs]) or real(seqs)
+    lengths = [10, 11, 11, 12, 30, 31, 90, 10, 10]
+    out = scorer.losses([Seq(list(range(3, 3 + n)), 1) for n in lengths])
+    assert all(math.isfinite(v) for v in out)
+    assert sorted(map(sorted, seen)) == [[10, 10, 10, 11], [11, 12], [30, 31], [90]]
+    for batch in seen:  # padding stays within the limit
+        assert max(batch) * len(batch) <= 1.15 * sum(batch)

@@ -198,6 +198,7 @@ def test_cli_packing_lora_json(tiny_llama_path, tmp_path, capsys):
     rc = main(["train", str(data), "--model", str(tiny_llama_path), "--template", "chatml",
                "-o", str(out), "--max-steps", "2", "--global-batch-size", "4",
                "--per-device-batch-size", "2", "--max-length", "128", "--packing", "--lora",
+               "--gradient-checkpointing",
                "--lora-r", "4", "--lora-alpha", "8", "--json"])
     captured = capsys.readouterr()
     assert rc == 0

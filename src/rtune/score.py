@@ -41,6 +41,9 @@ SCORE_FIELDS = (
     "ifd_ppl", "rifd_ppl", "ifd_loss", "rifd_loss",
 )
 Progress = Callable[[int, int], None]  # (done, total)
+# a batch is closed before padding would exceed this many times its real tokens (padding is
+# computed like real tokens; on a CPU a smaller batch costs little)
+PAD_LIMIT = 1.15
 
 
 def score_key(rec: Record) -> str:
@@ -78,6 +81,8 @@ class Scorer:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self._fast_head = _plain_output_layer(model)
+        self._use_prefix = self._fast_head and (
+            self.device.type == "cuda" if config.prefix_cache is None else config.prefix_cache)
         self._bos = tokenizer.bos_token or None
         # transformers >= 5.x names the KV-cache argument ``cache`` (``past_key_values`` before)
         self._cache_kwarg = ("cache" if "cache" in inspect.signature(
@@ -161,11 +166,17 @@ class Scorer:
         order = sorted(range(len(seqs)), key=lambda i: (keys[i], len(seqs[i].ids)))
         bs = self.config.batch_size
         batches: list[list[int]] = []
+        real = 0  # tokens of the open batch
         for i in order:
-            if batches and len(batches[-1]) < bs and keys[batches[-1][0]] == keys[i]:
-                batches[-1].append(i)
+            n = len(seqs[i].ids)  # the longest so far: the batch is padded to it
+            last = batches[-1] if batches else None
+            if (last and len(last) < bs and keys[last[0]] == keys[i]
+                    and n * (len(last) + 1) <= PAD_LIMIT * (real + n)):
+                last.append(i)
+                real += n
             else:
                 batches.append([i])
+                real = n
         with torch.inference_mode():
             for batch in batches:
                 for i, value in zip(batch, self._batch_losses([seqs[i] for i in batch])):
@@ -222,7 +233,7 @@ class Scorer:
 
     def _shared_prefix(self, seqs: list[Seq]) -> int:
         """How many leading tokens to take from the prefix cache (0: none)."""
-        if not (self._fast_head and self.config.prefix_cache):
+        if not self._use_prefix:
             return 0
         first = seqs[0].ids
         n = min(min(s.start for s in seqs) - 1, *(len(s.ids) for s in seqs))
@@ -301,10 +312,12 @@ class Scorer:
         return model_name(self.config.student)
 
     def iter_chunks(self, records: list[Record]) -> Iterator[list[tuple[int, dict[str, Any]]]]:
-        """Score ``records`` in chunks of ``batch_size`` candidates of similar length; yields
-        ``[(position in records, scores), ...]`` per chunk (length order, not input order)."""
+        """Score ``records`` in chunks of candidates of similar length; yields
+        ``[(position in records, scores), ...]`` per chunk (length order, not input order).
+        A chunk holds four batches' worth of candidates, so that each pass's sequences can be
+        sorted into batches of near-equal length (less padding)."""
         order = sorted(range(len(records)), key=lambda i: _size(records[i]))
-        n = self.config.batch_size
+        n = self.config.batch_size * 4
         for a in range(0, len(order), n):
             chunk = order[a:a + n]
             yield list(zip(chunk, self.score([records[i] for i in chunk])))

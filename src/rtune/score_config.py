@@ -58,7 +58,9 @@ class ScoreConfig:
     device: str = "auto"  # auto: CUDA when available (or accelerate's device), else CPU
     dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
     reverse_prompt: str = REVERSE_PROMPT
-    prefix_cache: bool = True  # run the prompt's shared head once per batch (same numbers)
+    # run the prompt's shared head once per batch (same numbers); None: on CUDA only (on CPU
+    # copying the cached head into every layer's KV costs more than the ~40 tokens it saves)
+    prefix_cache: bool | None = None
     force: bool = False  # rescore keys already stored (e.g. with another student)
 
     def __post_init__(self) -> None:
