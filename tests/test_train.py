@@ -202,7 +202,7 @@ def test_cli_packing_lora_json(tiny_llama_path, tmp_path, capsys):
                "--lora-r", "4", "--lora-alpha", "8", "--json"])
     captured = capsys.readouterr()
     assert rc == 0
-    result = json.loads(captured.out[captured.out.index("{\n"):])
+    result = json.loads(captured.out)  # stdout holds the JSON alone (Trainer logs: stderr)
     assert result["steps"] == 2 and result["plan"]["gradient_accumulation_steps"] == 2
     assert "4 = 2 per device x 2 gradient accumulation" in captured.err
     assert (out / "adapter" / "adapter_config.json").is_file()

@@ -6,6 +6,7 @@ configs/fsdp.yaml -m rtune train ..."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -104,7 +105,11 @@ def run(args: argparse.Namespace) -> int:
     def echo(msg: str) -> None:
         print(f"rtune train: {msg}", file=sys.stderr)
 
-    result = train(args.data, config, echo=echo)
+    if args.json:  # Trainer prints its log lines to stdout; keep stdout for the JSON alone
+        with contextlib.redirect_stdout(sys.stderr):
+            result = train(args.data, config, echo=echo)
+    else:
+        result = train(args.data, config, echo=echo)
     if int(os.environ.get("RANK", "0") or 0) != 0:
         return 0  # under accelerate / torchrun only the main process reports
     if args.json:
