@@ -74,6 +74,9 @@ class OracleServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body are two writes: with Nagle on, the body waits for the client's
+            # delayed ACK (~40 ms), a latency no real API server adds
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -50,14 +50,16 @@ class HttpBackend:
         return len(text) // 4 + 1  # no tokenizer for a remote model: ~4 characters a token
 
     async def complete(self, request: ChatRequest, *, timeout: float | None = None) -> ChatResult:
-        kwargs = {}
+        body: dict = {"model": request.model, "messages": [dict(m) for m in request.messages],
+                      "temperature": request.temperature, "top_p": request.top_p,
+                      "max_tokens": request.max_tokens}
         if request.stop:
-            kwargs["stop"] = list(request.stop)
+            body["stop"] = list(request.stop)
         try:
-            resp = await self.client.chat.completions.create(
-                model=request.model, messages=[dict(m) for m in request.messages],
-                temperature=request.temperature, top_p=request.top_p,
-                max_tokens=request.max_tokens, timeout=timeout, **kwargs)
+            # the SDK's own request path (auth, errors, transport) with a plain dict in and
+            # out: its typed params/models cost ~2.5 ms CPU per call, more than all the rest
+            resp = await self.client.post("/chat/completions", body=body, cast_to=dict,
+                                          options={"timeout": timeout} if timeout else {})
         except openai.RateLimitError as e:
             raise TransientError("rate_limited", _short(e), _retry_after(e.response)) from None
         except openai.InternalServerError as e:
@@ -83,20 +85,26 @@ class HttpBackend:
             raise PermanentError(f"http_{e.status_code}", _short(e)) from None
         except ValueError as e:  # body that is not JSON at all
             raise TransientError("bad_response", str(e)[:200]) from None
-        choices = getattr(resp, "choices", None)
-        if not choices or getattr(choices[0], "message", None) is None:
+        if not isinstance(resp, dict):
+            raise TransientError("bad_response", "reply is not a JSON object")
+        choices = resp.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices else None
+        message = first.get("message") if isinstance(first, dict) else None
+        if not isinstance(message, dict):
             raise TransientError("bad_response", "reply without choices[0].message")
-        text = choices[0].message.content or ""
-        usage = getattr(resp, "usage", None)
-        tokens_in = getattr(usage, "prompt_tokens", None)
-        tokens_out = getattr(usage, "completion_tokens", None)
-        if tokens_in is None:
+        text = message.get("content") or ""
+        if not isinstance(text, str):
+            raise TransientError("bad_response", "choices[0].message.content is not text")
+        usage = resp.get("usage") if isinstance(resp.get("usage"), dict) else {}
+        tokens_in = usage.get("prompt_tokens")
+        tokens_out = usage.get("completion_tokens")
+        if not isinstance(tokens_in, int):
             tokens_in = self.count_tokens("".join(m["content"] for m in request.messages))
-        if tokens_out is None:
+        if not isinstance(tokens_out, int):
             tokens_out = self.count_tokens(text)
         return ChatResult(text=text, tokens_in=tokens_in, tokens_out=tokens_out,
-                          finish_reason=choices[0].finish_reason,
-                          model=getattr(resp, "model", None) or request.model)
+                          finish_reason=first.get("finish_reason"),
+                          model=resp.get("model") or request.model)
 
     async def aclose(self) -> None:
         await self.client.close()
