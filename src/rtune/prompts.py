@@ -8,6 +8,7 @@ conversation for weak local oracles.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,11 @@ from .errors import ConfigError
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
                           autoescape=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(text: str) -> jinja2.Template:
+    return _ENV.from_string(text)  # compiling costs ~0.4 ms, rendering a few µs
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class Prompt:
 
     def render_user(self, **variables: Any) -> str:
         try:
-            return _ENV.from_string(self.user).render(**variables).strip()
+            return _compiled(self.user).render(**variables).strip()
         except jinja2.TemplateError as e:
             raise ConfigError(f"prompt {self.source}: {e}") from None
 
