@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         print("call failures by reason: " +
               ", ".join(f"{k} {v}" for k, v in s["failures"].items()))
     if s["fallbacks"]:
-        print("fallbacks:")
+        print("fallbacks and re-asks (by reason):")
         for reason, n in list(s["fallbacks"].items())[:15]:
             print(f"  {n:6d}  {reason}")
     if s["invalid_input"]:
