@@ -191,9 +191,9 @@ def test_engine_store_and_resume(backend: LocalBackend, tmp_path: Path):
 def test_queue_wait_behind_local_batches_is_not_a_timeout(backend: LocalBackend, tmp_path: Path):
     """More requests than one batch, a deadline shorter than a batch: every call still
     finishes at the first try (the deadline applies to endpoints, not to a local queue)."""
-    from rtune.oracle import EngineConfig
-
     import time
+
+    from rtune.oracle import EngineConfig
 
     generate = backend.generate
 

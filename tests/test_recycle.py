@@ -50,6 +50,11 @@ def test_every_stage_makes_candidates_with_provenance(oracle_server, tmp_path):
     # input goes into the instruction reflection prompt of records that have one
     assert any("some input" in r["messages"][-1]["content"] for r in oracle_server.requests)
     assert len(oracle_server.requests) == 18
+    # the report/stats side reads the same run: every input record is one source
+    from rtune.stats import load_input, run_summary
+
+    summary = run_summary(load_input(tmp_path / "run").run)
+    assert summary["sources"] == 6 and summary["oracle"]["calls"] == 18
 
 
 def test_rerun_pays_nothing_twice(oracle_server, tmp_path):

@@ -42,7 +42,8 @@ def build_run(run_dir: Path) -> Path:
         src = [Record(instruction=f"Explain topic {i} briefly", input="" if i % 3 else f"ctx {i}",
                       output=f"Topic {i} is about things number {i}.", source_index=i)
                for i in range(N)]
-        st.add_sources(src)
+        for r in src:
+            st.put_candidate(r)
         for r in src:
             if not has_cands(r.source_index):
                 continue
@@ -302,8 +303,8 @@ def test_datasets_paired_by_output_text_when_order_differs(tmp_path):
 
 def test_partial_and_empty_runs(tmp_path, browser):
     with RunStore(tmp_path / "only-sources") as st:
-        st.add_sources(Record(instruction=f"q {i}", output=f"a {i}", source_index=i)
-                       for i in range(3))
+        for i in range(3):
+            st.put_candidate(Record(instruction=f"q {i}", output=f"a {i}", source_index=i))
     res = write_report(compute_stats([load_input(tmp_path / "only-sources")], WORDS),
                        tmp_path / "o1")
     assert [p.name for p in res.figures] == ["lengths.png"]

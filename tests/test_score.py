@@ -209,7 +209,6 @@ def _make_run(run_dir: Path, n_sources: int) -> list[Record]:
         for i in range(n_sources):
             orig = Record(f"Question {i}: what is {i} plus {i}?",
                           f"The answer is {2 * i}. " * (1 + i % 7), source_index=i)
-            store.add_sources([orig])
             for kind in ("orig", "ins", "res", "both"):
                 cand = orig if kind == "orig" else orig.derive(
                     kind, instruction=orig.instruction + f" Explain ({kind}).",

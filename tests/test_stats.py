@@ -84,7 +84,8 @@ def build_partial_run(run_dir):
     with RunStore(run_dir) as st:
         src = [Record(instruction=f"do task {i}", output=" ".join(["ok"] * (i + 1)),
                       source_index=i) for i in range(4)]
-        st.add_sources(src)
+        for r in src:
+            st.put_candidate(r)
         st.put_candidate(src[0].derive("ins", instruction="do a much harder task now",
                                        output="a b c d e f", raw="critique 0",
                                        parse_status="ok", oracle_model="m"))
@@ -207,7 +208,8 @@ def test_other_kinds_and_multi_kind_decisions(tmp_path):
     with RunStore(tmp_path / "run") as st:
         src = [Record(instruction="a b c", input="x y", output="o", source_index=i)
                for i in range(2)]
-        st.add_sources(src)
+        for r in src:
+            st.put_candidate(r)
         st.put_candidate(src[0].derive("compress", instruction="merged a b c x y", input=""))
         st.put_candidate(src[0].derive("res", output="better o"))
         st.put_item("selection", "0", {"policy": "all", "kept": "orig,compress,res",

@@ -98,11 +98,11 @@ def load_input(path: str | Path, name: str | None = None) -> Input:
 
 def _load_run(path: Path, name: str) -> Input:
     with RunStore(path, create=False) as store:
-        sources = {r.source_index: r for r in store.sources()}
         present = set(store.candidate_counts())
         order = {k: n for n, k in enumerate(KINDS)}
         kinds = sorted(present | set(RUN_KINDS), key=lambda k: (order.get(k, len(order)), k))
         candidates = {k: {r.source_index: r for r in store.candidates(k)} for k in kinds}
+        sources = candidates.get("orig", {})  # recycle stores every input record as "orig"
         scores = dict(store.items("scores"))
         selection = {int(k): v for k, v in store.items("selection")}
         run = RunData(sources, candidates, scores, selection, store.call_totals(),

@@ -18,7 +18,6 @@ from .records import Record
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sources(idx INTEGER PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS invalid(
     id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT, line INTEGER, record INTEGER,
     field TEXT, message TEXT NOT NULL);
@@ -70,21 +69,6 @@ class RunStore:
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
-
-    # ------------------------------------------------------------ sources
-    def add_sources(self, records: Iterable[Record]) -> None:
-        self.db.execute("BEGIN")
-        self.db.executemany(
-            "INSERT OR IGNORE INTO sources VALUES (?, ?)",
-            ((r.source_index, json.dumps(r.to_dict(), ensure_ascii=False)) for r in records))
-        self.db.execute("COMMIT")
-
-    def sources(self) -> Iterator[Record]:
-        for (data,) in self.db.execute("SELECT data FROM sources ORDER BY idx"):
-            yield Record.from_dict(json.loads(data))
-
-    def count_sources(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM sources").fetchone()[0]
 
     # ------------------------------------------------------------ invalid input
     def add_invalid(self, err: InputError) -> None:
