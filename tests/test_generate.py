@@ -170,6 +170,12 @@ def test_endpoint_generation_resumes_and_regenerates_on_new_settings(oracle_serv
     generate(oracle_server.url, [koala], out, **{**kw, "max_tokens": 64})  # new settings
     assert len(oracle_server.requests) == 11
     assert all(b["max_tokens"] == 64 for b in oracle_server.requests[8:])
+    code = main(["generate", oracle_server.url, "--model", "served-x", "--limit", "2",
+                 "--test-set", str(vicuna), "--test-set", str(koala), "-o", str(out),
+                 "--run-dir", str(tmp_path / "run2"), "--no-progress"])
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert code == 0 and len(oracle_server.requests) == 15  # the first 2 of each set
+    assert [r["instruction"] for r in rows] == QUESTIONS[:2] + [q.upper() for q in QUESTIONS[:2]]
 
 
 def test_endpoint_failures_are_reported_then_retried(oracle_server, tmp_path):
@@ -213,6 +219,8 @@ def test_generate_config_errors(oracle_server, tmp_path):
     test_set = write_set(tmp_path / "vicuna.jsonl")
     with pytest.raises(ConfigError, match="--model is required"):
         generate(oracle_server.url, [test_set], tmp_path / "o.jsonl", run_dir=tmp_path / "r")
+    with pytest.raises(ConfigError, match="--limit"):
+        generate(oracle_server.url, [test_set], tmp_path / "o.jsonl", model="m", limit=0)
     with pytest.raises(ConfigError, match="max-tokens"):
         generate(oracle_server.url, [test_set], tmp_path / "o.jsonl", model="m", max_tokens=0)
     with pytest.raises(InputError, match="already taken"):

@@ -249,6 +249,12 @@ def test_score_file_writes_scores(tiny, tmp_path):
     assert [r["output"] for r in rows] == ["4", "Blue."] and summary["scored_total"] == 2
     assert rows[1]["ifd_ppl"] is not None and rows[1]["kind"] == "orig"
     assert not any(p.name.endswith(".rtune-score") for p in tmp_path.iterdir())
+    first = score_file(src, ScoreConfig(student="tiny"), out, limit=1, model=model,
+                       tokenizer=tok)
+    assert [json.loads(line)["output"] for line in out.read_text().splitlines()] == ["4"]
+    assert first["scored_total"] == 1
+    with pytest.raises(ConfigError, match="--limit"):
+        score_file(src, ScoreConfig(student="tiny"), out, limit=0, model=model, tokenizer=tok)
 
 
 def _stored(run_dir: Path) -> dict[str, str]:

@@ -79,7 +79,8 @@ class GenerationSettings:
                            top_p=self.top_p, max_tokens=self.max_tokens)
 
 
-def load_questions(test_sets: Iterable[str | Path]) -> list[Question]:
+def load_questions(test_sets: Iterable[str | Path], limit: int | None = None) -> list[Question]:
+    """The questions of every test set (the first ``limit`` of each when given)."""
     questions: list[Question] = []
     names: dict[str, str] = {}
     for path in test_sets:
@@ -89,7 +90,7 @@ def load_questions(test_sets: Iterable[str | Path]) -> list[Question]:
             raise InputError(str(path), f"test set name '{name}' is already taken by "
                              f"{names[name]}: rename one of the files")
         names[name] = str(path)
-        questions += qs
+        questions += qs[:limit] if limit is not None else qs
     if not questions:
         raise ConfigError("no test set given (--test-set FILE)")
     return questions
@@ -100,15 +101,18 @@ def generate(spec: str, test_sets: Sequence[str | Path], output: str | Path, *,
              run_dir: str | Path | None = None, temperature: float = 0.0, top_p: float = 1.0,
              max_tokens: int = 1024, system: str | None = None, output_only: bool = False,
              alpaca_eval: str | Path | None = None, options: EndpointOptions | None = None,
-             progress: bool = False) -> dict[str, Any]:
-    """Answer every question of ``test_sets`` and write them to ``output`` (JSON lines).
+             limit: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Answer every question of ``test_sets`` (the first ``limit`` of each when given) and
+    write them to ``output`` (JSON lines).
 
     Returns a summary: counts, failures (not stored; a rerun retries them), paths.
     """
     options = options or EndpointOptions()
     if max_tokens < 1:
         raise ConfigError("--max-tokens must be >= 1")
-    questions = load_questions(test_sets)
+    if limit is not None and limit < 1:
+        raise ConfigError("--limit must be >= 1")
+    questions = load_questions(test_sets, limit)
     generator = name or generator_name(spec, model)
     settings = GenerationSettings(model=model or generator, temperature=temperature,
                                   top_p=top_p, max_tokens=max_tokens, system=system)

@@ -17,6 +17,7 @@ layer is applied only at the target positions.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -379,15 +380,18 @@ def score_run(run_dir: str | Path, config: ScoreConfig, *, progress: Progress | 
 
 
 def score_file(path: str | os.PathLike, config: ScoreConfig, output: str | os.PathLike, *,
-               input_format: str = "auto", progress: Progress | None = None,
-               model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Score a plain dataset (every record a candidate of kind ``orig``) and write it as JSONL
-    with the score fields added to each record. Progress is kept in a hidden store next to
+               input_format: str = "auto", limit: int | None = None,
+               progress: Progress | None = None, model: Any = None,
+               tokenizer: Any = None) -> dict[str, Any]:
+    """Score a plain dataset (every record a candidate of kind ``orig``; the first ``limit``
+    when given) and write it as JSONL with the score fields added to each record. Progress is kept in a hidden store next to
     ``output`` until it is written, so a killed run resumes."""
     from .io import read_records
 
     config.validate()
-    records = list(read_records(path, format=input_format))
+    if limit is not None and limit < 1:
+        raise ConfigError("--limit must be >= 1")
+    records = list(itertools.islice(read_records(path, format=input_format), limit))
     keys = [score_key(r) for r in records]
     if len(set(keys)) != len(keys):
         raise InputError(str(path), "two records share a source_index and kind")

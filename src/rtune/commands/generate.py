@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", default=None,
                    help="run directory keeping every answer (resumable); default "
                    "runs/generate-<output name>")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="only the first N questions of each test set (a quick try)")
     p.add_argument("--max-tokens", type=int, default=1024, help="answer budget in tokens")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="sampling temperature (0 = greedy, the default)")
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         target, args.test_set, args.output, model=args.model, name=args.name,
         run_dir=args.run_dir, temperature=args.temperature, top_p=args.top_p,
         max_tokens=args.max_tokens, system=args.system, output_only=args.output_only,
-        alpaca_eval=args.alpaca_eval, options=options, progress=not args.no_progress)
+        alpaca_eval=args.alpaca_eval, options=options, limit=args.limit,
+        progress=not args.no_progress)
     if args.json:
         print_json(summary)
     else:

@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--input-format", default="auto", help="dataset format (auto-detected)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="dataset files: only the first N records (a quick try)")
     p.add_argument("--force", action="store_true",
                    help="rescore candidates that already have scores (e.g. a new student)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             output = args.output or str(target.with_name(f"{target.stem}.scored.jsonl"))
             summary = score_file(target, config, output, input_format=args.input_format,
-                                 progress=bar.update)
+                                 limit=args.limit, progress=bar.update)
     if summary.get("rank", 0) != 0:
         return 0  # under accelerate launch / torchrun only the main process reports
     if args.json:
