@@ -172,6 +172,29 @@ def _record_from_messages(messages: list[dict[str, str]], *, index: int, source_
                   messages=messages, source_index=index, source_id=source_id)
 
 
+def json_items(path: str | os.PathLike) -> Iterator[tuple[int, int | None, Any]]:
+    """``(index, line, item)`` of a small JSON-list or JSON-lines file (test sets, answer
+    files), read whole; malformed JSON raises an :class:`InputError` with its line."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(str(path), f"not valid JSON: {e.msg}", line=e.lineno) from None
+        yield from ((i, None, item) for i, item in enumerate(data))
+        return
+    index = 0
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            yield index, n, json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise InputError(str(path), f"malformed JSON: {e.msg} at column {e.colno}",
+                             line=n) from None
+        index += 1
+
+
 def _iter_jsonl(path: str) -> Iterator[tuple[int, int | None, Any]]:
     index = 0
     with open(path, "rb") as f:

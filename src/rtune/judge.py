@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InputError
 from .generate import EndpointOptions, _atomic_write, make_engine
+from .io import json_items
 from .judge_parse import Outcome, Scores, outcome, parse_scores, summarize
 from .oracle import PermanentError, TransientError
 from .oracle.base import ChatRequest
@@ -50,28 +51,9 @@ def read_answers(paths: Sequence[str | Path], *, allow_empty: bool = False) -> l
         p = Path(path)
         if not p.is_file():
             raise InputError(str(p), "answers file not found")
-        for line, index, item in _items(p):
+        for index, line, item in json_items(p):
             answers.append(_answer(item, p, line, index, allow_empty))
     return answers
-
-
-def _items(p: Path) -> Iterable[tuple[int | None, int, Any]]:
-    text = p.read_text(encoding="utf-8-sig")
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(str(p), f"not valid JSON: {e.msg}", line=e.lineno) from None
-        yield from ((None, i, item) for i, item in enumerate(data))
-        return
-    index = 0
-    for n, raw in enumerate(text.splitlines(), 1):
-        if raw.strip():
-            try:
-                yield n, index, json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise InputError(str(p), f"malformed JSON: {e.msg}", line=n) from None
-            index += 1
 
 
 def _answer(item: Any, p: Path, line: int | None, index: int, allow_empty: bool) -> Answer:

@@ -9,14 +9,13 @@ too. A test set is named after its file: ``vicuna_test_set.jsonl`` -> ``vicuna``
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .io import json_items
 
 _ID_FIELDS = ("question_id", "id", "idx")
 _QUESTION_FIELDS = ("text", "prompt", "Instruction", "instruction", "question", "conversations")
@@ -108,26 +107,6 @@ def _with_input(instruction: str, item: dict[str, Any], bad) -> str:
     return f"{instruction}\n\n{extra}" if extra.strip() else instruction
 
 
-def _raw_items(path: Path) -> Iterator[tuple[int | None, Any]]:
-    text = path.read_text(encoding="utf-8-sig")
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(str(path), f"not valid JSON: {e.msg}", line=e.lineno) from None
-        for item in data:
-            yield None, item
-        return
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(str(path), f"malformed JSON: {e.msg} at column {e.colno}",
-                             line=n) from None
-
-
 def load_test_set(path: str | Path, *, name: str | None = None) -> list[Question]:
     """The questions of a test-set file (JSON lines or a JSON list), in file order."""
     p = Path(path)
@@ -136,7 +115,7 @@ def load_test_set(path: str | Path, *, name: str | None = None) -> list[Question
     name = name or test_set_name(p)
     questions: list[Question] = []
     seen: dict[str, int] = {}
-    for index, (line, item) in enumerate(_raw_items(p)):
+    for index, line, item in json_items(p):
         if not isinstance(item, dict):
             raise InputError(str(p), f"expected a JSON object, got {type(item).__name__}",
                              line=line, record=index)
