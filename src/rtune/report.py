@@ -178,8 +178,7 @@ def _run_rows(inp: Input, coh: dict) -> tuple[dict[str, Any], list[dict[str, Any
     run = inp.run
     assert run is not None
     kinds = run.kinds
-    indices = sorted(set(run.sources).union(*(set(c) for c in run.candidates.values()),
-                                            run.selection))
+    indices = sorted(set().union(*(set(c) for c in run.candidates.values()), run.selection))
     rows, meta = [], []
     reasons: Counter[str] = Counter()
     for idx in indices:

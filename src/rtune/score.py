@@ -384,8 +384,8 @@ def score_file(path: str | os.PathLike, config: ScoreConfig, output: str | os.Pa
                progress: Progress | None = None, model: Any = None,
                tokenizer: Any = None) -> dict[str, Any]:
     """Score a plain dataset (every record a candidate of kind ``orig``; the first ``limit``
-    when given) and write it as JSONL with the score fields added to each record. Progress is kept in a hidden store next to
-    ``output`` until it is written, so a killed run resumes."""
+    when given) and write it as JSONL with the score fields added to each record. Progress is
+    kept in a hidden store next to ``output`` until it is written, so a killed run resumes."""
     from .io import read_records
 
     config.validate()

@@ -46,7 +46,6 @@ class Group:
 class RunData:
     """Everything a run directory holds so far; missing stages leave their parts empty."""
 
-    sources: dict[int, Record]
     candidates: dict[str, dict[int, Record]]  # kind -> source index -> candidate
     scores: dict[str, dict[str, Any]]
     selection: dict[int, dict[str, Any]]
@@ -55,15 +54,17 @@ class RunData:
     invalid: list[dict[str, Any]]
 
     @property
+    def sources(self) -> dict[int, Record]:
+        """The input records: recycle stores each one as its ``orig`` candidate."""
+        return self.candidates.get("orig", {})
+
+    @property
     def kinds(self) -> list[str]:
-        """Candidate kinds present, in pipeline order (orig first when there are sources)."""
-        return [k for k in self.candidates if self.candidates[k] or (k == "orig" and self.sources)]
+        """Candidate kinds present, in pipeline order."""
+        return [k for k in self.candidates if self.candidates[k]]
 
     def record(self, idx: int, kind: str) -> Record | None:
-        rec = self.candidates.get(kind, {}).get(idx)
-        if rec is None and kind == "orig":
-            rec = self.sources.get(idx)
-        return rec
+        return self.candidates.get(kind, {}).get(idx)
 
 
 @dataclass
@@ -102,18 +103,16 @@ def _load_run(path: Path, name: str) -> Input:
         order = {k: n for n, k in enumerate(KINDS)}
         kinds = sorted(present | set(RUN_KINDS), key=lambda k: (order.get(k, len(order)), k))
         candidates = {k: {r.source_index: r for r in store.candidates(k)} for k in kinds}
-        sources = candidates.get("orig", {})  # recycle stores every input record as "orig"
         scores = dict(store.items("scores"))
         selection = {int(k): v for k, v in store.items("selection")}
-        run = RunData(sources, candidates, scores, selection, store.call_totals(),
+        run = RunData(candidates, scores, selection, store.call_totals(),
                       store.failure_counts(), store.invalid())
     groups = []
     for kind in run.kinds:
-        recs = run.candidates[kind] or (sources if kind == "orig" else {})
-        if recs:
-            ordered = [recs[i] for i in sorted(recs)]
-            groups.append(Group(name, kind, ordered,
-                                [scores.get(f"{r.source_index}:{kind}", {}) for r in ordered]))
+        recs = run.candidates[kind]
+        ordered = [recs[i] for i in sorted(recs)]
+        groups.append(Group(name, kind, ordered,
+                            [scores.get(f"{r.source_index}:{kind}", {}) for r in ordered]))
     kept = [(i, k) for i, d in sorted(selection.items()) for k in kept_kinds(d)]
     sel = [(run.record(i, k), scores.get(f"{i}:{k}", {})) for i, k in kept]
     sel = [(r, s) for r, s in sel if r is not None]
