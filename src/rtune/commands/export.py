@@ -13,7 +13,9 @@ HELP = "write a run's candidates to a file (JSONL, Alpaca, ShareGPT, messages)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="the run directory")
     p.add_argument("-o", "--output", required=True, help="file to write")
-    p.add_argument("--format", default="jsonl", choices=OUTPUT_FORMATS)
+    p.add_argument("--format", default="jsonl", choices=OUTPUT_FORMATS,
+                   help="jsonl: every provenance field; alpaca (JSON list) / alpaca-jsonl / "
+                   "sharegpt / messages: plain training records")
     p.add_argument("--kinds", default=None,
                    help="comma-separated candidate kinds to keep (orig,ins,res,both,compress)")
     p.add_argument("--only-ok", action="store_true",

@@ -33,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="put a worked example in the conversation (auto: local oracles only)")
     p.add_argument("--reask", type=int, default=1,
                    help="times to re-ask when a reply misses a marker before falling back")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="oracle sampling temperature (0 = greedy, the default)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (temperature > 0)")
     p.add_argument("--max-tokens", type=int, default=2048,
                    help="reply budget per call (bounded by the context left)")
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
