@@ -18,7 +18,7 @@ import json
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -258,9 +258,7 @@ def reask_messages(messages: list[dict[str, str]], reply: str,
 
 def build_reflection_reask(request: ChatRequest, reply: str, reason: str) -> ChatRequest:
     """A follow-up request asking again for a well-formed reply (after a malformed one)."""
-    return ChatRequest(messages=reask_messages(request.messages, reply, reason),
-                       model=request.model, temperature=request.temperature,
-                       top_p=request.top_p, max_tokens=request.max_tokens, stop=request.stop)
+    return replace(request, messages=reask_messages(request.messages, reply, reason))
 
 
 def canonical_reflection(parsed: ReflectionParse) -> str:
@@ -344,16 +342,17 @@ async def reflection_candidate(
     the oracle cannot be reached."""
     request = build_reflection_request(record, prompt, model, with_example=with_example,
                                        temperature=temperature, max_tokens=max_tokens)
-    if request_for is not None:
-        request = request_for(request.messages)
+    if request_for is None:  # every re-ask keeps the first request's settings
+        first = request
+        request_for = lambda messages: replace(first, messages=messages)  # noqa: E731
+    request = request_for(request.messages)
     text = (await engine.complete(request, stage="reflection-format")).text
     raws = [text]
     problem = check_reflection_reply(text)[1]
     for _ in range(reask):
         if problem is None:
             break
-        request = (build_reflection_reask(request, text, problem) if request_for is None
-                   else request_for(reask_messages(request.messages, text, problem)))
+        request = request_for(reask_messages(request.messages, text, problem))
         text = (await engine.complete(request, stage="reflection-format:reask")).text
         raws.append(text)
         problem = check_reflection_reply(text)[1]
