@@ -178,6 +178,31 @@ def test_prefix_cache_changes_nothing(tiny, monkeypatch):
                 assert x[field] == pytest.approx(y[field], abs=1e-6)
 
 
+def test_a_sequence_shared_by_candidates_runs_once(tiny):
+    model, tok = tiny
+    rows: list[int] = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: rows.append(args[0].shape[0]))
+    try:
+        scorer = Scorer(ScoreConfig(student="tiny", batch_size=8), model, tok)
+        question, answer = "Explain why the sky is blue.", "Sunlight scatters off air molecules."
+        orig = Record(question, answer, source_index=0, kind="orig")
+        res = Record(question, "Blue light scatters most.", source_index=0, kind="res")
+        ins = Record(question, answer, source_index=0, kind="ins")  # a fallback: orig again
+        got = scorer.score([orig, res, ins])
+        # orig: 4 sequences; res: 3 new (its instruction alone is orig's); ins: none
+        assert sum(rows) == 7
+        again = scorer.score([res])  # an earlier call's losses are reused too
+        assert sum(rows) == 7
+    finally:
+        hook.remove()
+    assert got[2] == got[0] and again[0] == got[1]
+    for rec, scores in zip((orig, res), got):
+        ref = reference(model, tok, rec, "vicuna", 2048)
+        for name in PASSES:
+            assert scores[f"loss_{name}"] == pytest.approx(ref[name], abs=1e-5), name
+
+
 def test_empty_targets_get_reasons(tiny):
     model, tok = tiny
     recs = [Record("Say something.", ""), Record("", "An answer without a question."),

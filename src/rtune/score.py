@@ -16,6 +16,8 @@ layer is applied only at the target positions.
 
 from __future__ import annotations
 
+import array
+import hashlib
 import inspect
 import itertools
 import logging
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .distributed import process, wait_for_everyone
 from .errors import ConfigError, InputError
 from .records import Record
 from .score_config import SCORE_PROMPTS, ScoreConfig
@@ -45,6 +48,7 @@ Progress = Callable[[int, int], None]  # (done, total)
 # a batch is closed before padding would exceed this many times its real tokens (padding is
 # computed like real tokens; on a CPU a smaller batch costs little)
 PAD_LIMIT = 1.15
+MEMO_SIZE = 1_000_000  # losses of distinct sequences kept for reuse (~150 bytes each)
 
 
 def score_key(rec: Record) -> str:
@@ -90,6 +94,7 @@ class Scorer:
             model.get_decoder().forward).parameters else "past_key_values") \
             if self._fast_head else "past_key_values"
         self._prefix_kv: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
+        self._memo: dict[bytes, float] = {}  # sequence key -> mean loss
         if config.template not in SCORE_PROMPTS:
             from .templates import check_tokenizer
 
@@ -264,19 +269,35 @@ class Scorer:
 
     # ------------------------------------------------------------------ scores
     def score(self, records: list[Record]) -> list[dict[str, Any]]:
-        """Scores of each candidate (same order), with the authors' field names."""
+        """Scores of each candidate (same order), with the authors' field names.
+
+        A sequence already run (this call or an earlier one) is not run again: candidates
+        share many (orig and res have the same instruction, a fallback repeats a field)."""
         encoded = [self.encode(r) for r in records]
-        flat: list[Seq] = []
-        where: list[tuple[int, str]] = []
+        todo: dict[bytes, tuple[Seq, str]] = {}  # key -> (sequence, pass) to run now
+        where: list[tuple[int, str, bytes]] = []
         for i, enc in enumerate(encoded):
             for name, seq in enc.seqs.items():
                 if seq is not None:
-                    flat.append(seq)
-                    where.append((i, name))
-        values = self.losses(flat, [name for _, name in where]) if flat else []
+                    key = _seq_key(seq)
+                    if key not in self._memo:
+                        todo.setdefault(key, (seq, name))
+                    where.append((i, name, key))
+        fresh: dict[bytes, float] = {}
+        if todo:
+            seqs, names = zip(*todo.values())
+            # grouping by pass lets a batch share the prompt's head; without the prefix cache
+            # it would only leave more padding
+            fresh = dict(zip(todo, self.losses(list(seqs),
+                                               list(names) if self._use_prefix else None)))
         losses: list[dict[str, float]] = [{} for _ in records]
-        for (i, name), value in zip(where, values):
-            losses[i][name] = value
+        for i, name, key in where:
+            losses[i][name] = fresh[key] if key in fresh else self._memo[key]
+        self._memo.update(fresh)
+        excess = len(self._memo) - MEMO_SIZE
+        if excess > 0:  # the oldest go first
+            for key in list(itertools.islice(self._memo, excess)):
+                del self._memo[key]
         return [self._result(enc, loss) for enc, loss in zip(encoded, losses)]
 
     def _result(self, enc: Encoded, losses: dict[str, float]) -> dict[str, Any]:
@@ -324,6 +345,13 @@ class Scorer:
             yield list(zip(chunk, self.score([records[i] for i in chunk])))
 
 
+def _seq_key(seq: Seq) -> bytes:
+    """A short fixed-size key of a sequence's ids and target start (a 128-bit digest keeps a
+    run's memo small; a collision is as likely as a random 128-bit match)."""
+    data = array.array("q", [seq.start, *seq.ids]).tobytes()
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
 def _size(rec: Record) -> int:
     return len(rec.instruction) + len(rec.input) + len(rec.output)
 
@@ -369,8 +397,8 @@ def score_run(run_dir: str | Path, config: ScoreConfig, *, progress: Progress | 
                               "first, or score a dataset file")
         done, seconds = _store_scores(store, candidates, config, progress=progress,
                                       model=model, tokenizer=tokenizer)
-    rank, world = _process()
-    _wait_for_everyone()  # data-parallel: the summary covers every process's share
+    rank, world = process()
+    wait_for_everyone()  # data-parallel: the summary covers every process's share
     with RunStore(run_dir, create=False) as store:
         summary = _summary(store, candidates, seconds, done)
         if rank == 0:
@@ -398,17 +426,17 @@ def score_file(path: str | os.PathLike, config: ScoreConfig, output: str | os.Pa
     output = Path(output)
     work = output.parent / f".{output.name}.rtune-score"
     stamp = _file_stamp(path)
-    rank, world = _process()
+    rank, world = process()
     if rank == 0:  # scores of an earlier version of the input are stale
         with RunStore(work) as store:
             if store.get_meta("input") not in (None, stamp):
                 store.db.execute("DELETE FROM items WHERE ns = ?", (NAMESPACE,))
             store.set_meta("input", stamp)
-    _wait_for_everyone()
+    wait_for_everyone()
     with RunStore(work) as store:
         done, seconds = _store_scores(store, records, config, progress=progress,
                                       model=model, tokenizer=tokenizer)
-    _wait_for_everyone()
+    wait_for_everyone()
     if rank != 0:  # data-parallel: the main process writes the output file
         return {"scored_now": done, "seconds": round(seconds, 2), "rank": rank,
                 "processes": world}
@@ -457,7 +485,7 @@ def _store_scores(store: RunStore, records: list[Record], config: ScoreConfig, *
                 raise ConfigError(
                     f"scores already stored here were made with {mine} (e.g. {key}), not "
                     f"{identity}: pass --force to rescore everything with the new settings")
-    rank, world = _process()
+    rank, world = process()
     # each process owns a fixed share of all records (not of the pending ones, which change
     # as the others store results), so shares never overlap or leave gaps
     pending = [r for r in records[rank::world] if config.force or score_key(r) not in existing]
@@ -477,29 +505,6 @@ def _store_scores(store: RunStore, records: list[Record], config: ScoreConfig, *
         if progress:
             progress(done, total)
     return done, time.perf_counter() - started
-
-
-def _process() -> tuple[int, int]:
-    """(rank, world size) under ``accelerate launch`` / torchrun, else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return 0, 1
-    return int(os.environ.get("RANK", "0") or 0), world
-
-
-def _wait_for_everyone() -> None:
-    """A barrier across the processes of ``accelerate launch`` / torchrun (none alone)."""
-    if _process()[1] <= 1:
-        return
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        from accelerate import PartialState
-
-        PartialState()  # sets up the process group (NCCL on GPUs, gloo on CPU)
-    # torch's barrier: accelerate's wait_for_everyone is a no-op for CPU processes
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def _with_device(config: ScoreConfig) -> ScoreConfig:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .distributed import is_main_process
 from .errors import ConfigError, InputError
 from .io import parse_item, read_records
 from .records import Record
@@ -179,7 +180,7 @@ def _resume_checkpoint(config: TrainConfig) -> str | None:
 
 
 def _main_process_echo(echo: Callable[[str], None] | None) -> Callable[[str], None]:
-    if int(os.environ.get("RANK", "0") or 0) != 0:
+    if not is_main_process():
         return lambda _msg: None
     return echo or log.info
 

@@ -6,10 +6,10 @@ with the score fields). Multi-GPU: ``accelerate launch -m rtune score ...`` shar
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from ..distributed import is_main_process
 from ..score_config import ScoreConfig, template_names
 from ..store import STORE_NAME
 from ._common import print_json
@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
                          device=args.device, dtype=args.dtype, force=args.force)
     config.validate()
     target = Path(args.target)
-    main_process = int(os.environ.get("RANK", "0") or 0) == 0
-    with _Bar(enabled=not args.no_progress and main_process) as bar:
+    with _Bar(enabled=not args.no_progress and is_main_process()) as bar:
         if (target / STORE_NAME).is_file():
             summary = score_run(target, config, progress=bar.update)
             if args.output and summary["rank"] == 0:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 
+from ..distributed import is_main_process
 from ..io import INPUT_FORMATS
 from ..templates import TEMPLATES
 from ..train_config import TrainConfig
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             result = train(args.data, config, echo=echo)
     else:
         result = train(args.data, config, echo=echo)
-    if int(os.environ.get("RANK", "0") or 0) != 0:
+    if not is_main_process():
         return 0  # under accelerate / torchrun only the main process reports
     if args.json:
         from ._common import print_json
