@@ -16,7 +16,16 @@ import pytest
 
 from rtune.errors import ConfigError
 from rtune.records import Record
-from rtune.score import PASSES, Scorer, Seq, score_file, score_records, score_run
+from rtune.score import (
+    PASSES,
+    Scorer,
+    Seq,
+    _store_scores,
+    score_file,
+    score_key,
+    score_records,
+    score_run,
+)
 from rtune.score_config import REVERSE_PROMPT, ScoreConfig
 from rtune.store import STORE_NAME, RunStore
 
@@ -260,6 +269,19 @@ def test_score_run_stores_and_skips(tiny, tmp_path):
     again = score_run(tmp_path / "run", ScoreConfig(student="tiny", template="alpaca",
                                                     force=True), model=model, tokenizer=tok)
     assert again["scored_now"] == len(cands)
+
+
+def test_a_process_of_many_scores_whole_sources(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    cands = _make_run(tmp_path / "run", 5)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun / accelerate set them for rank 1
+    monkeypatch.setenv("RANK", "1")
+    with RunStore(tmp_path / "run") as store:
+        done, _ = _store_scores(store, cands, ScoreConfig(student="tiny", device="cpu"),
+                                progress=None, model=model, tokenizer=tok)
+        keys = set(dict(store.items("scores")))
+    assert done == 8
+    assert keys == {score_key(c) for c in cands if c.source_index in (1, 3)}
 
 
 def test_score_file_writes_scores(tiny, tmp_path):

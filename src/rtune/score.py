@@ -487,8 +487,10 @@ def _store_scores(store: RunStore, records: list[Record], config: ScoreConfig, *
                     f"{identity}: pass --force to rescore everything with the new settings")
     rank, world = process()
     # each process owns a fixed share of all records (not of the pending ones, which change
-    # as the others store results), so shares never overlap or leave gaps
-    pending = [r for r in records[rank::world] if config.force or score_key(r) not in existing]
+    # as the others store results), so shares never overlap or leave gaps; a source's
+    # candidates stay together, as they share sequences that run once
+    pending = [r for r in records if r.source_index % world == rank
+               and (config.force or score_key(r) not in existing)]
     total = len(pending)
     if progress:
         progress(0, total)
