@@ -77,7 +77,7 @@ def matmul_gflop(run) -> float:
 
 
 def matmul_peak(model, device: torch.device, tokens: int = 2048) -> float:
-    """GFLOP/s of fp32 matmuls shaped like the model's MLP on ``tokens`` rows (best of 5)."""
+    """GFLOP/s of fp32 matmuls shaped like the model's MLP on ``tokens`` rows (best of 7)."""
     cfg = model.config
     dtype = next(model.parameters()).dtype
     a = torch.randn(tokens, cfg.hidden_size, device=device, dtype=dtype)

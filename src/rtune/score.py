@@ -283,17 +283,15 @@ class Scorer:
                     if key not in self._memo:
                         todo.setdefault(key, (seq, name))
                     where.append((i, name, key))
-        fresh: dict[bytes, float] = {}
         if todo:
             seqs, names = zip(*todo.values())
             # grouping by pass lets a batch share the prompt's head; without the prefix cache
             # it would only leave more padding
-            fresh = dict(zip(todo, self.losses(list(seqs),
-                                               list(names) if self._use_prefix else None)))
+            self._memo.update(zip(todo, self.losses(list(seqs),
+                                                    list(names) if self._use_prefix else None)))
         losses: list[dict[str, float]] = [{} for _ in records]
         for i, name, key in where:
-            losses[i][name] = fresh[key] if key in fresh else self._memo[key]
-        self._memo.update(fresh)
+            losses[i][name] = self._memo[key]
         excess = len(self._memo) - MEMO_SIZE
         if excess > 0:  # the oldest go first
             for key in list(itertools.islice(self._memo, excess)):
