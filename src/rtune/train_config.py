@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .distributed import process
 from .errors import ConfigError
 from .templates import get_template
 
@@ -106,7 +107,7 @@ class TrainConfig:
         self.batch_plan()
 
     def batch_plan(self) -> BatchPlan:
-        world = self.world_size or int(os.environ.get("WORLD_SIZE", "1") or 1)
+        world = self.world_size or process()[1]
         per_step = self.per_device_batch_size * world
         if self.global_batch_size % per_step:
             raise ConfigError(
