@@ -62,6 +62,20 @@ def build_tiny_llama(folder: Path, *, vocab_size: int = 400, hidden: int = 64,
     return folder
 
 
+def pytest_collection_modifyitems(config, items):
+    """In an environment with the core install alone (no torch), tests that run a local model
+    are skipped; everything else (endpoints, store, select, judge, stats) still runs."""
+    from rtune.extras import missing
+
+    if missing("local") is None:
+        return
+    skip = pytest.mark.skip(reason="needs the local-models extra (pip install 'rtune[local]')")
+    for item in items:
+        if ("tiny_llama_path" in item.fixturenames or item.get_closest_marker("slow")
+                or item.get_closest_marker("local")):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_path(tmp_path_factory) -> Path:
     """Folder of a tiny random Llama (hidden 64, 2 layers) and its tokenizer."""

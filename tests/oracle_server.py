@@ -32,6 +32,8 @@ class Fault:
     delay: float = 0.0  # seconds to wait before answering (past the client's timeout)
     cut: bool = False  # promise more bytes than are sent, then close
     text: str | None = None  # after the delay, reply normally with this text
+    echo_headers: bool = False  # the error message repeats the request's headers (a proxy's
+    # debug page does this), the Authorization header with its key included
 
 
 Reply = str | Fault
@@ -109,7 +111,11 @@ class OracleServer:
                         self._send(reply.status, reply.body, reply.headers)
                         return
                     if reply.status != 200:
-                        error = {"error": {"message": f"injected {reply.status}",
+                        message = f"injected {reply.status}"
+                        if reply.echo_headers:
+                            message += "; request headers: " + "; ".join(
+                                f"{k}: {v}" for k, v in self.headers.items())
+                        error = {"error": {"message": message,
                                            "type": "server_error", "code": None}}
                         self._send(reply.status, error, reply.headers)
                         return

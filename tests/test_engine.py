@@ -123,3 +123,83 @@ def test_rpm_limit_spaces_requests(oracle_server):
     start = time.monotonic()
     asyncio.run(go())
     assert time.monotonic() - start >= 0.45
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_refused_connection_is_named_retried_briefly_then_stops_the_run(tmp_path, transport,
+                                                                       monkeypatch):
+    import openai
+
+    from rtune.oracle.base import FatalError
+
+    if transport == "httpx":  # the SDK's aiohttp transport reports a refusal as a timeout
+        monkeypatch.delattr(openai, "DefaultAioHttpClient", raising=False)
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    cfg = EngineConfig(max_retries=6, timeout=30.0)  # the defaults' minute of backoff
+    start = time.monotonic()
+    with RunStore(tmp_path) as store:
+        eng = Engine(HttpBackend(url), store, cfg)
+        with pytest.raises(FatalError, match="nothing listens at .*connection refused, tried 4x"):
+            run_one(eng, ask(1))
+        assert store.failure_counts() == {"connection_refused": 1}
+    assert time.monotonic() - start < 6
+    assert eng.stats.retries == 3
+
+
+def test_auth_error_stops_at_once_and_never_shows_the_key(oracle_server, monkeypatch):
+    from rtune.oracle.base import FatalError
+
+    secret = "sk-test-SECRET-1234567890"
+    monkeypatch.setenv("ENGINE_KEY", secret)
+    oracle_server.script(lambda b: Fault(status=401, echo_headers=True))
+    eng = Engine(HttpBackend(oracle_server.url, api_key_env="ENGINE_KEY"), None, EngineConfig())
+    with pytest.raises(FatalError) as info:
+        run_one(eng, ask(1))
+    assert info.value.reason == "auth" and info.value.exit_code == 1
+    assert "HTTP 401" in str(info.value) and "$ENGINE_KEY" in str(info.value)
+    assert secret not in str(info.value) and len(oracle_server.requests) == 1
+
+
+def test_server_error_text_is_redacted_before_it_is_kept(oracle_server, tmp_path, monkeypatch):
+    """A 500 whose message echoes the request headers: the key in use and any bearer token
+    leave the error text before it is raised or stored."""
+    secret = "plainkey-0123456789abcdef"  # not sk- shaped: found as the key in use
+    monkeypatch.setenv("ENGINE_KEY", secret)
+    oracle_server.script(lambda b: Fault(status=500, echo_headers=True))
+    with RunStore(tmp_path) as store:
+        eng = Engine(HttpBackend(oracle_server.url, api_key_env="ENGINE_KEY"), store,
+                     EngineConfig(max_retries=0))
+        with pytest.raises(TransientError) as info:
+            run_one(eng, ask(1))
+        detail = store.db.execute("SELECT detail FROM failures").fetchone()[0]
+    assert "request headers" in detail and "Bearer [redacted]" in detail
+    assert secret not in detail and secret not in str(info.value)
+
+
+def test_redact_removes_the_key_and_credential_shapes():
+    from rtune.redact import redact
+
+    text = ("key KEY-0123456789 in 'Authorization': 'Bearer abc.def-123456' and "
+            "x-api-key: zzzzzzzz99 and sk-proj-AbCdEf012345; a bearer token is fine")
+    out = redact(text, ["KEY-0123456789", None, ""])
+    assert out == ("key [redacted] in 'Authorization': 'Bearer [redacted]' and "
+                   "x-api-key: [redacted] and [redacted]; a bearer token is fine")
+
+
+@pytest.mark.parametrize("setting", [
+    {"concurrency": 0}, {"rpm": -5}, {"tpm": 0}, {"timeout": 0}, {"max_retries": -1}])
+def test_settings_that_cannot_work_are_refused(setting):
+    from rtune.errors import ConfigError
+
+    flag = "--" + next(iter(setting)).replace("_", "-")
+    with pytest.raises(ConfigError, match=f"^{flag} must be"):
+        EngineConfig(**setting)

@@ -43,6 +43,7 @@ def test_sharegpt_messages_and_multi_turn(tmp_path):
 
 
 def test_parquet_and_hf_folder(tmp_path):
+    pytest.importorskip("datasets", reason="parquet/arrow input needs the data extra")
     from datasets import Dataset
 
     ds = Dataset.from_list([{"instruction": f"i{i}", "input": "", "output": f"o{i}"}
@@ -118,3 +119,71 @@ def test_real_cherry_alpaca(shared_data):
     assert sum(1 for r in recs if r.input.strip()) == 579
     compressed = list(read_records(shared_data / "cherry_alpaca_5_percent_compressed.json"))
     assert len(compressed) == 3111 and all(not r.input for r in compressed)
+
+
+# ---------------------------------------------------------------- BOMs, surrogates, shapes
+
+BOM = b"\xef\xbb\xbf"
+ROW = {"instruction": "Add", "output": "4", "source_index": 0, "kind": "orig", "ifd_ppl": 0.5}
+
+
+def test_a_bom_is_accepted_in_every_text_input(tmp_path):
+    from rtune.judge import read_answers
+    from rtune.oracle.pricing import Prices
+    from rtune.prompts import load_prompt
+    from rtune.select import load_table
+    from rtune.testsets import load_test_set
+
+    line = json.dumps(ROW).encode()
+    for name, body in [("a.json", b"[" + line + b"]"), ("a.jsonl", line + b"\n"),
+                       ("b.jsonl", b"\n" + line + b"\n")]:
+        p = write(tmp_path / name, BOM + body, "wb")
+        assert [r.instruction for r in read_records(p)] == ["Add"], name
+        assert load_table(p)[1] == {(0, "orig"): {"ifd_ppl": 0.5}}, name
+        assert input_output_format(p) in ("alpaca", "alpaca-jsonl"), name
+        assert read_answers([p])[0].output == "4", name
+        assert load_test_set(p)[0].instruction == "Add", name
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    write(prompts / "reask.yaml", BOM + b"id: reask\nversion: 9\nuser: again\n", "wb")
+    assert load_prompt("reask", prompts).version == "9"
+    write(tmp_path / "prices.json", BOM + b'{"m": [1, 2]}', "wb")
+    assert Prices.load(tmp_path / "prices.json").lookup("m") == (1.0, 2.0)
+
+
+@pytest.mark.parametrize("text, repaired", [
+    ("a\\ud800b", "a\ufffdb"), ("\\udc00", "\ufffd"), ("\\ud800\\ud800", "\ufffd\ufffd"),
+    ("\\ud83d\\ude00 ok", "\U0001f600 ok"), ("x\\\\ud800", "x\\ud800")])
+def test_lone_surrogates_are_repaired_the_same_in_json_and_jsonl(tmp_path, text, repaired):
+    row = f'{{"instruction": "{text}", "output": "o"}}'
+    a = list(read_records(write(tmp_path / "a.json", f"[{row}]")))
+    b = list(read_records(write(tmp_path / "b.jsonl", row + "\n")))
+    assert a[0].instruction == b[0].instruction == repaired
+    assert a[0].extra == b[0].extra
+    assert ("repaired" in a[0].extra) == ("\ufffd" in repaired)
+    out = tmp_path / "out.jsonl"
+    write_records(a, out)  # encodable now
+    assert json.loads(out.read_text(encoding="utf-8"))["instruction"] == repaired
+
+
+def test_a_single_json_object_is_not_a_dataset(tmp_path):
+    for text in ['{"instruction": "a", "output": "b"}',
+                 '{\n  "instruction": "a",\n  "output": "b"\n}\n']:
+        p = write(tmp_path / "one.json", text)
+        with pytest.raises(InputError, match="one.json: holds a single JSON object"):
+            list(read_records(p))
+    p = write(tmp_path / "two.json", '{"instruction": "a", "output": "b"}\n' * 2)
+    assert len(list(read_records(p))) == 2  # JSON lines under a .json name
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_records([Record(instruction="a", output="b")], tmp_path / "x.jsonl")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.jsonl").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["x.jsonl"]

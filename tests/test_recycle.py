@@ -218,3 +218,211 @@ def test_kill_9_mid_run_then_rerun(oracle_server, tmp_path, kill_after):
         n_calls = store.call_totals()["calls"]
     assert n_calls == 90
     assert len(set(request_key(b) for b in oracle_server.requests)) == 90
+
+
+# ---------------------------------------------------------------- exit status and failures
+
+
+def rtune_cli(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rtune", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def recycle_cli(url, tmp_path, *extra, n=6, env=None, timeout=120):
+    return rtune_cli("recycle", dataset(tmp_path, n=n), "--run-dir", tmp_path / "run",
+                     "--oracle", url, "--model", "m", "--no-progress", *extra, env=env,
+                     timeout=timeout)
+
+
+def store_bytes(run_dir) -> bytes:
+    return b"".join(f.read_bytes() for f in run_dir.iterdir() if f.is_file())
+
+
+def test_failed_calls_exit_1_with_count_and_reasons_then_rerun_exits_0(oracle_server, tmp_path):
+    oracle_server.script(lambda b: Fault(status=500))
+    r = recycle_cli(oracle_server.url, tmp_path, "--stages", "response", "--max-retries", "0")
+    assert r.returncode == 1, r.stderr
+    assert "failed: 6 oracle call(s), by reason: http_500 6; rerun" in r.stdout
+    oracle_server.script(default_reply)
+    r = recycle_cli(oracle_server.url, tmp_path, "--stages", "response")
+    assert r.returncode == 0, r.stderr
+    assert "failed:" not in r.stdout
+
+
+def test_401_stops_the_run_at_once_in_one_line_without_the_key(oracle_server, tmp_path):
+    oracle_server.script(lambda b: Fault(status=401, echo_headers=True))
+    env = {**os.environ, "MY_KEY": SECRET}
+    start = time.monotonic()
+    r = recycle_cli(oracle_server.url, tmp_path, "--api-key-env", "MY_KEY", "--concurrency",
+                    "2", n=30, env=env)
+    assert time.monotonic() - start < 30
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rtune recycle: error: ")
+    assert "refused the API key (HTTP 401; sent $MY_KEY)" in lines[0]
+    assert len(oracle_server.requests) <= 4  # of 90 calls: the ones in flight, no more
+    assert SECRET not in r.stdout + r.stderr
+    assert SECRET.encode() not in store_bytes(tmp_path / "run")
+
+
+def test_nothing_listening_is_named_and_stops_the_run(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    r = recycle_cli(f"http://127.0.0.1:{port}/v1", tmp_path, n=20)
+    assert time.monotonic() - start < 30  # was a minute of retries per call, named "timeout"
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nothing listens at" in lines[0], r.stderr
+    assert "connection refused" in lines[0] and "timeout" not in lines[0]
+
+
+def test_server_error_echoing_the_key_is_redacted_everywhere(oracle_server, tmp_path):
+    """A 500 whose text repeats the request's Authorization header: the key reaches neither
+    stderr (warnings, -v debug logging), nor the store's failure details, nor `rtune status`."""
+    oracle_server.script(lambda b: Fault(status=500, echo_headers=True))
+    env = {**os.environ, "MY_KEY": SECRET}
+    r = rtune_cli("-v", "recycle", dataset(tmp_path, n=2), "--run-dir", tmp_path / "run",
+                  "--oracle", oracle_server.url, "--model", "m", "--no-progress", "--api-key-env",
+                  "MY_KEY", "--max-retries", "0", "--stages", "response", env=env)
+    assert r.returncode == 1
+    assert "request headers" in r.stderr and "Bearer [redacted]" in r.stderr
+    assert SECRET not in r.stdout + r.stderr
+    assert SECRET.encode() not in store_bytes(tmp_path / "run")
+    with RunStore(tmp_path / "run") as store:
+        details = [d for (d,) in store.db.execute("SELECT detail FROM failures")]
+    assert len(details) == 2 and all("[redacted]" in d for d in details)
+    status = rtune_cli("status", tmp_path / "run", "--json")
+    assert SECRET not in status.stdout + status.stderr
+
+
+def test_status_separates_standing_failures_from_repaired_ones(oracle_server, tmp_path):
+    from rtune.status import run_status
+
+    def task_1_fails(body):
+        return Fault(status=500) if "Task 1" in body["messages"][-1]["content"] \
+            else default_reply(body)
+
+    src, run = dataset(tmp_path, n=3), tmp_path / "run"
+    oracle_server.script(task_1_fails)
+    s = recycle(src, run, config(oracle_server, stages=("response",), max_retries=0))
+    assert s.failures == {"http_500": 1}
+    assert run_status(run)["failures"] == {"standing": {"http_500": 1}, "repaired": {}}
+    oracle_server.script(default_reply)
+    s = recycle(src, run, config(oracle_server, stages=("response",)))
+    assert s.failures == {} and s.candidates["res"] == {"ok": 3}
+    assert run_status(run)["failures"] == {"standing": {}, "repaired": {"http_500": 1}}
+    text = rtune_cli("status", run).stdout
+    assert "call failures repaired by a later run: http_500 1" in text
+    assert "still standing" not in text
+
+
+# ---------------------------------------------------------------- settings that cannot work
+
+QUESTIONS = [{"question_id": 1, "instruction": "What is 2+2?"}]
+
+
+def _command_args(command: str, tmp_path) -> list[str]:
+    """Arguments of each model-calling command, inputs made in tmp_path, outputs under it."""
+    data = dataset(tmp_path, n=2)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps(QUESTIONS[0]) + "\n")
+    answers = [tmp_path / f"{side}.jsonl" for side in "ab"]
+    for path in answers:
+        path.write_text(json.dumps({**QUESTIONS[0], "output": "4", "generator": path.stem})
+                        + "\n")
+    return {
+        "recycle": ["recycle", str(data)],
+        "reflect": ["reflect", str(questions), "-o", "out/answers.jsonl"],
+        "generate": ["generate", "--test-set", str(questions), "-o", "out/answers.jsonl"],
+        "judge": ["judge", str(answers[0]), "--vs", str(answers[1]), "-o", "out"],
+    }[command]
+
+
+@pytest.mark.timeout(60)  # `rtune reflect --concurrency 0` used to wait forever
+@pytest.mark.parametrize("setting", [("--concurrency", "0"), ("--rpm", "-5"), ("--tpm", "0"),
+                                     ("--timeout", "0")])
+@pytest.mark.parametrize("command", ["recycle", "reflect", "generate", "judge"])
+def test_settings_that_cannot_work_exit_2_before_anything_happens(
+        command, setting, oracle_server, tmp_path, monkeypatch, capsys):
+    from rtune.cli import main
+
+    args = _command_args(command, tmp_path)
+    before = sorted(tmp_path.iterdir())
+    monkeypatch.chdir(tmp_path)  # default run folders are made under the working directory
+    oracle = "--judge" if command == "judge" else "--oracle"
+    rc = main([*args, oracle, oracle_server.url, "--model", "m", *setting])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err == [f"rtune {command}: error: {setting[0]} must be "
+                   + ("at least 1 (got 0)" if setting[0] == "--concurrency"
+                      else f"greater than 0 (got {setting[1]})")]
+    assert oracle_server.requests == [] and sorted(tmp_path.iterdir()) == before
+
+
+# ---------------------------------------------------------------- Ctrl-C with a local oracle
+
+
+@pytest.fixture(scope="module")
+def long_context_llama(tiny_llama_path, tmp_path_factory):
+    """The tiny random Llama with a 4096-token window: a short prompt gets a budget of
+    thousands of tokens, a batch of it tens of seconds on a CPU (random weights rarely say
+    EOS), while a prompt that nearly fills the window gets a few hundred."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("long") / "llama"
+    shutil.copytree(tiny_llama_path, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["max_position_embeddings"] = 4096
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_ctrl_c_stops_a_local_batch_within_seconds_keeping_finished_calls(long_context_llama,
+                                                                          tmp_path):
+    long_first = {"instruction": "Task 0", "input": "", "output": "word " * 6000}
+    src = dataset(tmp_path, n=2)
+    src.write_text(json.dumps(long_first) + "\n" + src.read_text().splitlines()[1] + "\n")
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtune", "recycle", str(src), "--run-dir", str(run_dir),
+         "--oracle", f"local:{long_context_llama}", "--stages", "response", "--example", "off",
+         "--concurrency", "1", "--batch-size", "1", "--max-tokens", "4096", "--reask", "0",
+         "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        finished = wait_for_calls(run_dir / "rtune.sqlite", 1, timeout=120)
+        time.sleep(2)  # the second record's batch (thousands of tokens) is running now
+        assert proc.poll() is None, "the run ended before Ctrl-C"
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        stopped_in = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in err
+    assert stopped_in < 10, f"Ctrl-C took {stopped_in:.1f}s"
+    with RunStore(run_dir) as store:
+        assert store.call_totals()["calls"] == finished
+        assert store.get_candidate(0, "res") is not None and store.get_candidate(1, "res") is None
+
+
+def wait_for_calls(db_path, n: int, timeout: float) -> int:
+    """Poll the run store until it holds ``n`` finished calls; return how many it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if db_path.exists():
+            try:
+                db = sqlite3.connect(db_path, timeout=5)
+                count = db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+                db.close()
+                if count >= n:
+                    return count
+            except sqlite3.OperationalError:  # no table yet
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"no {n} finished call(s) in {timeout}s")

@@ -365,12 +365,15 @@ def test_cli_single_question_and_file(oracle_server, tmp_path, capsys):
                  "--mode", "loop", "--rounds", "-1"]) == 2
 
 
-def test_unreachable_endpoint_is_reported_not_stored(tmp_path):
-    [r] = reflect(["q"], oracle="http://127.0.0.1:9/v1", model="m", run_dir=tmp_path,
-                  max_retries=0, timeout=2)
-    assert r["answer"] is None and r["error"]
+def test_unreachable_endpoint_stops_the_run_and_is_not_stored(tmp_path):
+    from rtune.oracle.base import FatalError
+
+    with pytest.raises(FatalError, match="nothing listens at .*connection refused"):
+        reflect(["q"], oracle="http://127.0.0.1:9/v1", model="m", run_dir=tmp_path,
+                max_retries=0, timeout=2)
     with RunStore(tmp_path) as store:
-        assert store.item_keys("reflect") == set() and store.failure_counts()
+        assert store.item_keys("reflect") == set()
+        assert store.failure_counts() == {"connection_refused": 1}
 
 
 # ---------------------------------------------------------------- tokens and training

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("matplotlib", reason="the report needs the report extra")
+
 from chromium_cdp import Chromium, Page, find_chromium
 from rtune.cli import main
 from rtune.records import Record

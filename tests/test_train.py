@@ -227,3 +227,21 @@ def test_hub_id_resolves_from_the_local_cache_only(tiny_llama_path, tmp_path, mo
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc123")
     assert resolve_model("some-org/tiny-llama") == repo / "snapshots" / "abc123"
+
+
+def test_max_steps_zero_is_refused_before_anything_loads(tmp_path, capsys):
+    """--max-steps 0 announced the epochs' step count and trained one step."""
+    from rtune.cli import main
+
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"instruction": "a", "output": "b"}]))
+    out = tmp_path / "never"
+    for steps in ("0", "-2"):
+        rc = main(["train", str(data), "--model", str(tmp_path / "no-model"), "--max-steps",
+                   steps, "-o", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err == [f"rtune train: error: --max-steps must be at least 1 (got "
+                                   f"{steps}); leave it out to train for --epochs"]
+    with pytest.raises(ConfigError, match="--max-steps"):
+        train(RECORDS, _config(tmp_path / "no-model", out, max_steps=0))
+    assert not out.exists()

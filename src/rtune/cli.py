@@ -12,8 +12,9 @@ import logging
 import pkgutil
 import sys
 
-from . import commands
+from . import __version__, commands
 from .errors import RtuneError
+from .extras import MissingExtra, extra_for_module
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rtune", description="Reflection-Tuning: recycle, score, select, train, judge, "
         "report.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"rtune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -56,9 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
+    except ModuleNotFoundError as e:
+        extra = extra_for_module(e.name)
+        if extra is None:
+            raise
+        print(f"rtune {args.command}: error: {MissingExtra(f'rtune {args.command}', extra, e.name)}",
+              file=sys.stderr)
+        return 2
     except RtuneError as e:
         print(f"rtune {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"rtune {args.command}: interrupted; finished work is saved, rerun to continue.",
               file=sys.stderr)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 class RtuneError(Exception):
-    """Base class: a user-facing error whose message is printed without a traceback."""
+    """Base class: a user-facing error whose message is printed without a traceback; the
+    command exits with ``exit_code`` (2: bad input or usage)."""
+
+    exit_code = 2
 
 
 class InputError(RtuneError):
@@ -33,3 +36,11 @@ class InputError(RtuneError):
 
 class ConfigError(RtuneError):
     """Bad options or settings, found before any compute or paid call."""
+
+
+class StoreError(RtuneError):
+    """A run store that cannot be used as it is: damaged, not rtune's, newer, or unreachable."""
+
+
+class RunInUse(RtuneError):
+    """Another process is writing to the same run folder."""

@@ -27,7 +27,8 @@ def estimate(input_path: str | Path, config: RecycleConfig,
     (they happen only for replies that miss a marker).
     """
     validate_input(input_path, config)
-    store = RunStore(run_dir) if run_dir and (Path(run_dir) / "rtune.sqlite").exists() else None
+    store = (RunStore(run_dir, create=False)
+             if run_dir and (Path(run_dir) / "rtune.sqlite").exists() else None)
     names = {**{name: spec.prompt for name, spec in STAGE_SPECS.items()},
              "reflection-format": "reflection_format"}
     prompts = {name: load_prompt(prompt, config.prompts_dir)

@@ -8,16 +8,24 @@ made it; a rerun skips what is done and regenerates only answers whose settings 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InputError
-from .oracle import Engine, EngineConfig, PermanentError, TransientError, is_local, make_backend
+from .io import atomic_output
+from .oracle import (
+    Engine,
+    EngineConfig,
+    PermanentError,
+    TransientError,
+    is_local,
+    make_backend,
+    require_backend,
+)
 from .oracle.base import ChatRequest
+from .oracle.engine import check_settings
 from .progress import RunProgress
 from .store import RunStore
 from .testsets import Question, load_test_set
@@ -39,6 +47,11 @@ class EndpointOptions:
     batch_size: int = 8
     prices: Any = None
 
+    def __post_init__(self) -> None:
+        check_settings(concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm,
+                       timeout=self.timeout, max_retries=self.max_retries,
+                       batch_size=self.batch_size, context_length=self.context_length)
+
 
 def make_engine(spec: str, model: str | None, store: RunStore | None,
                 options: EndpointOptions, *, on_call: Any = None) -> Engine:
@@ -47,7 +60,7 @@ def make_engine(spec: str, model: str | None, store: RunStore | None,
     backend = make_backend(spec, model=model, api_key_env=options.api_key_env,
                            timeout=options.timeout, context_length=options.context_length,
                            batch_size=options.batch_size)
-    config = EngineConfig(concurrency=max(options.concurrency, 1), rpm=options.rpm,
+    config = EngineConfig(concurrency=options.concurrency, rpm=options.rpm,
                           tpm=options.tpm, max_retries=options.max_retries,
                           timeout=options.timeout)
     if options.prices is not None:
@@ -113,12 +126,13 @@ def generate(spec: str, test_sets: Sequence[str | Path], output: str | Path, *,
     if limit is not None and limit < 1:
         raise ConfigError("--limit must be >= 1")
     questions = load_questions(test_sets, limit)
+    require_backend(spec)
     generator = name or generator_name(spec, model)
     settings = GenerationSettings(model=model or generator, temperature=temperature,
                                   top_p=top_p, max_tokens=max_tokens, system=system)
     run_dir = Path(run_dir) if run_dir else Path("runs") / f"generate-{Path(output).stem}"
     failures: list[dict[str, Any]] = []
-    with RunStore(run_dir) as store:
+    with RunStore(run_dir, writer="generate") as store:
         done = {k: v for k, v in store.items(NAMESPACE)}
         todo = [q for q in questions if not _fresh(done.get(q.key), settings)]
         if todo:
@@ -188,13 +202,5 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as f:
+        f.write(text)

@@ -2,20 +2,28 @@
 
 Readers yield :class:`Record` one at a time, so memory does not grow with the dataset. Every
 bad record raises :class:`InputError` naming the file, line/record and field, unless the caller
-passes ``on_invalid`` to collect it and go on (``--skip-invalid``).
+passes ``on_invalid`` to collect it and go on (``--skip-invalid``). A UTF-8 byte order mark at
+the start of a file is skipped. Text UTF-8 cannot encode (lone surrogates from ``\\ud800``
+escapes) is repaired by :func:`rtune.text.repair_text` and the record's ``extra["repaired"]``
+says which fields changed.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import mmap
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .errors import InputError
 from .records import Record
+from .text import REPAIR_NOTE, repair_fields, repair_value
 
 INPUT_FORMATS = ("auto", "alpaca", "jsonl", "sharegpt", "messages", "parquet", "hf")
 OUTPUT_FORMATS = ("jsonl", "alpaca", "alpaca-jsonl", "sharegpt", "messages")
@@ -43,13 +51,37 @@ def detect_format(path: str | os.PathLike) -> str:
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     with open(p, "rb") as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        head = f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip(b" \t\r\n")
     if head.startswith(b"["):
         return "alpaca"
     if head.startswith(b"{"):
+        if _single_json_object(p):
+            raise InputError(str(p), "holds a single JSON object, not a dataset: expected a JSON "
+                             "list of records ([{...}, {...}]) or JSON lines (one record per "
+                             "line)")
         return "jsonl"
     raise InputError(str(p), "unknown format: expected a JSON list, JSON lines, parquet or a "
                      "Hugging Face dataset folder")
+
+
+def _single_json_object(path: Path) -> bool:
+    """True when the whole file is one JSON value. JSON lines stop the parser at the second
+    record (trailing data), so this reads little of a JSONL file."""
+    import ijson
+
+    with open(path, "rb") as f:
+        _skip_bom(f)
+        try:
+            for _ in ijson.parse(f):
+                pass
+        except Exception:  # noqa: BLE001 - any parse error: not one JSON value
+            return False
+    return True
+
+
+def _skip_bom(f: IO[bytes]) -> None:
+    if f.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+        f.seek(0)
 
 
 def record_shape(item: dict[str, Any]) -> str:
@@ -92,8 +124,18 @@ def read_records(path: str | os.PathLike, *, format: str = "auto",
 
 
 def parse_item(item: Any, *, path: str, index: int, line: int | None = None) -> Record:
-    """One raw dict → Record, validating types and required fields."""
+    """One raw dict → Record, validating types and required fields; strings UTF-8 cannot
+    encode are repaired, noted in ``extra["repaired"]``."""
+    changed: list[str] = []
+    if isinstance(item, dict):
+        item, changed = repair_fields(item)
+    rec = _parse_item(item, path=path, index=index, line=line)
+    if changed:
+        rec.extra["repaired"] = f"{', '.join(changed)}: {REPAIR_NOTE}"
+    return rec
 
+
+def _parse_item(item: Any, *, path: str, index: int, line: int | None) -> Record:
     def bad(message: str, field: str | None = None) -> InputError:
         return InputError(path, message, line=line, record=index, field=field)
 
@@ -181,14 +223,14 @@ def json_items(path: str | os.PathLike) -> Iterator[tuple[int, int | None, Any]]
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise InputError(str(path), f"not valid JSON: {e.msg}", line=e.lineno) from None
-        yield from ((i, None, item) for i, item in enumerate(data))
+        yield from ((i, None, repair_value(item)[0]) for i, item in enumerate(data))
         return
     index = 0
     for n, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
         try:
-            yield index, n, json.loads(raw)
+            yield index, n, repair_value(json.loads(raw))[0]
         except json.JSONDecodeError as e:
             raise InputError(str(path), f"malformed JSON: {e.msg} at column {e.colno}",
                              line=n) from None
@@ -199,6 +241,8 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, int | None, Any]]:
     index = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             if not raw.strip():
                 continue
             try:
@@ -217,13 +261,32 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, int | None, Any]]:
             index += 1
 
 
+# a surrogate pair escape, or (group 1) a surrogate escape that is not part of a pair
+_SURROGATE_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|(\\u[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _lone_surrogate_escape(path: str) -> bool:
+    if os.path.getsize(path) == 0:
+        return False
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        return any(match.group(1) for match in _SURROGATE_ESCAPE.finditer(m))
+
+
 def _iter_json_list(path: str) -> Iterator[tuple[int, int | None, Any]]:
+    """Streams a JSON list with ijson's C parser, which turns a lone surrogate escape into '?'
+    or into a wrong character; a file holding one is read by ijson's pure-Python parser,
+    which keeps it for the repair that notes the change."""
     import ijson
 
+    items = ijson.items
+    if _lone_surrogate_escape(path):
+        items = ijson.get_backend("python").items
     index = 0
     with open(path, "rb") as f:
+        _skip_bom(f)
         try:
-            for item in ijson.items(f, "item", use_float=True):
+            for item in items(f, "item", use_float=True):
                 yield index, None, item
                 index += 1
         except UnicodeDecodeError as e:
@@ -234,6 +297,9 @@ def _iter_json_list(path: str) -> Iterator[tuple[int, int | None, Any]]:
 
 
 def _iter_parquet(path: str) -> Iterator[tuple[int, int | None, Any]]:
+    from .extras import require
+
+    require("data", f"reading {path}")
     import pyarrow.parquet as pq
 
     index = 0
@@ -244,6 +310,9 @@ def _iter_parquet(path: str) -> Iterator[tuple[int, int | None, Any]]:
 
 
 def _iter_hf(path: str) -> Iterator[tuple[int, int | None, Any]]:
+    from .extras import require
+
+    require("data", f"reading {path}")
     from datasets import DatasetDict, load_from_disk
 
     ds = load_from_disk(path)
@@ -275,30 +344,40 @@ def record_to_format(rec: Record, fmt: str) -> dict[str, Any]:
 def write_records(records: Iterable[Record], path: str | os.PathLike, *,
                   format: str = "jsonl") -> int:
     """Write records atomically (temp file + rename); returns the count written."""
+    n = 0
+    with atomic_output(path) as f:
+        as_list = format == "alpaca"
+        if as_list:
+            f.write("[\n")
+        for rec in records:
+            line = json.dumps(record_to_format(rec, format), ensure_ascii=False)
+            if as_list:
+                f.write((",\n" if n else "") + line)
+            else:
+                f.write(line + "\n")
+            n += 1
+        if as_list:
+            f.write("\n]\n")
+    return n
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[IO[str]]:
+    """A UTF-8 text file that appears whole or not at all: written to a temp file beside
+    ``path``, renamed over it on success, removed on failure. The temp file is created with
+    mode 0666, so the umask applies as to any new file (``tempfile.mkstemp`` would make it
+    0600, private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    n = 0
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            as_list = format == "alpaca"
-            if as_list:
-                f.write("[\n")
-            for rec in records:
-                line = json.dumps(record_to_format(rec, format), ensure_ascii=False)
-                if as_list:
-                    f.write((",\n" if n else "") + line)
-                else:
-                    f.write(line + "\n")
-                n += 1
-            if as_list:
-                f.write("\n]\n")
+            yield f
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
-    return n
 
 
 def input_output_format(path: str | os.PathLike) -> str:
@@ -309,6 +388,7 @@ def input_output_format(path: str | os.PathLike) -> str:
     first = next(read_records(path, on_invalid=lambda e: None), None)
     if fmt == "jsonl" and first is not None:
         with open(path, "rb") as f:
+            _skip_bom(f)
             for raw in f:
                 if raw.strip():
                     try:

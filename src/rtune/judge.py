@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InputError
+from .extras import missing
 from .generate import EndpointOptions, _atomic_write, make_engine
 from .io import json_items
 from .judge_parse import Outcome, Scores, outcome, parse_scores, summarize
-from .oracle import PermanentError, TransientError
+from .oracle import PermanentError, TransientError, require_backend
 from .oracle.base import ChatRequest
+from .oracle.engine import check_settings
 from .progress import RunProgress
 from .prompts import Prompt, load_prompt
 from .store import RunStore
@@ -202,16 +204,18 @@ def judge(paths_a: Sequence[str | Path], paths_b: Sequence[str | Path], *, judge
           resamples: int = 2000) -> dict[str, Any]:
     """Judge side A's answers against side B's, both orders; write results to ``out_dir``."""
     options = options or EndpointOptions()
+    check_settings(max_tokens=max_tokens)
     pairing = pair_answers(read_answers(paths_a, allow_empty=allow_empty),
                            read_answers(paths_b, allow_empty=allow_empty),
                            allow_partial=allow_partial)
     prompt = load_prompt("judge", prompts_dir)
+    require_backend(judge_spec)
     from .generate import generator_name
 
     judge_model = model or generator_name(judge_spec, None)
     settings = JudgeSettings(judge_model, prompt, max_tokens=max_tokens)
     tasks = [(key, order, a, b) for key, (a, b) in pairing.pairs.items() for order in ORDERS]
-    with RunStore(run_dir) as store:
+    with RunStore(run_dir, writer="judge") as store:
         with RunProgress(len(tasks), enabled=progress, label="judge") as bar:
             engine = make_engine(judge_spec, model, store, options, on_call=bar.add_call)
 
@@ -289,14 +293,16 @@ def write_results(results: dict[str, Any], rows: list[dict[str, Any]],
                   out_dir: str | Path) -> dict[str, str]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"results": str(out / "results.json"), "questions": str(out / "questions.jsonl"),
-             "chart": str(out / "wtl.png")}
+    paths = {"results": str(out / "results.json"), "questions": str(out / "questions.jsonl")}
+    if missing("report") is None:  # the chart needs matplotlib (the report extra)
+        paths["chart"] = str(out / "wtl.png")
     results["files"] = paths
     _atomic_write(Path(paths["results"]), json.dumps(results, indent=2, ensure_ascii=False)
                   + "\n")
     _atomic_write(Path(paths["questions"]),
                   "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    wtl_chart(results, paths["chart"])
+    if "chart" in paths:
+        wtl_chart(results, paths["chart"])
     return paths
 
 

@@ -69,7 +69,7 @@ def load_prompt(name: str, prompts_dir: str | Path | None = None) -> Prompt:
     if prompts_dir is not None:
         candidate = Path(prompts_dir) / f"{name}.yaml"
         if candidate.exists():
-            return _parse(candidate.read_text(encoding="utf-8"), str(candidate))
+            return _parse(candidate.read_text(encoding="utf-8-sig"), str(candidate))
         if not Path(prompts_dir).is_dir():
             raise ConfigError(f"--prompts {prompts_dir}: not a folder")
     packaged = resources.files("rtune").joinpath("prompts", f"{name}.yaml")

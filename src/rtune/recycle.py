@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .fingerprint import check_same_run, run_identity
 from .io import read_records, write_records
+from .linear import off_loop
 from .oracle import Engine, EngineConfig, PermanentError, TransientError, make_backend
 from .oracle.base import Backend, ChatRequest
 from .oracle.pricing import Prices
@@ -27,6 +32,7 @@ from .prompts import Prompt, load_prompt
 from .records import Record
 from .recycle_config import STAGE_KIND, RecycleConfig
 from .store import RunStore
+from .text import REPAIR_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,7 @@ class RecycleSummary:
     run_dir: str
     records: int
     candidates: dict[str, dict[str, int]]
-    failures: dict[str, int]
+    failures: dict[str, int]  # this run's stages left undone, by reason (a rerun retries them)
     invalid: int
     calls: dict[str, Any]
     output: str | None = None
@@ -79,6 +85,7 @@ class Recycler:
             for name, spec in STAGE_SPECS.items() if name in config.stages}
         self.reask_prompt = load_prompt("reask", config.prompts_dir)
         self.context_length = config.context_length or getattr(backend, "context_length", None)
+        self.failures: Counter[str] = Counter()
 
     # ------------------------------------------------------------ one record
     async def process(self, rec: Record) -> None:
@@ -140,14 +147,17 @@ class Recycler:
                 try:
                     raws, parsed = await self._ask(messages, prompt, stage)
                 except (TransientError, PermanentError) as e2:
-                    log.warning("record %d %s failed: %s", base.source_index, stage, e2)
-                    return None
+                    return self._failed(base, stage, e2)
             else:
-                log.warning("record %d %s failed: %s", base.source_index, stage, e)
-                return None
+                return self._failed(base, stage, e)
         cand = self._candidate(base, stage, kind, prompt, raws, parsed, cut_note)
         self.store.put_candidate(cand)
         return cand
+
+    def _failed(self, base: Record, stage: str,
+                error: TransientError | PermanentError) -> None:
+        log.warning("record %d %s failed: %s", base.source_index, stage, error)
+        self.failures[error.reason] += 1
 
     async def _ask(self, messages: list[dict[str, str]], prompt: Prompt,
                    stage: str) -> tuple[list[str], dict[str, str | None]]:
@@ -155,7 +165,8 @@ class Recycler:
         request = self._request(messages)
         result = await self.engine.complete(request, stage=stage)
         raws = [result.text]
-        parsed = parse_sections(result.text, prompt.labels, prompt.echo_phrases)
+        repaired = result.extra.get("repaired", 0)
+        parsed = await off_loop(parse_sections, result.text, prompt.labels, prompt.echo_phrases)
         fields = dict(parsed.fields)
         reasons = dict(parsed.reasons)
         for _ in range(self.config.reask):
@@ -166,7 +177,9 @@ class Recycler:
                         {"role": "user", "content": follow}]
             result = await self.engine.complete(self._request(messages), stage=f"{stage}:reask")
             raws.append(result.text)
-            again = parse_sections(result.text, tuple(reasons), prompt.echo_phrases)
+            repaired += result.extra.get("repaired", 0)
+            again = await off_loop(parse_sections, result.text, tuple(reasons),
+                                   prompt.echo_phrases)
             for label in list(reasons):
                 if again.fields.get(label) is not None:
                     fields[label] = again.fields[label]
@@ -174,6 +187,7 @@ class Recycler:
                 else:
                     reasons[label] = again.reasons[label]
         fields["__reasons__"] = reasons  # type: ignore[assignment]
+        fields["__repaired__"] = repaired  # type: ignore[assignment]
         return raws, fields
 
     def _request(self, messages: list[dict[str, str]]) -> ChatRequest:
@@ -218,6 +232,7 @@ class Recycler:
     def _candidate(self, base: Record, stage: str, kind: str, prompt: Prompt, raws: list[str],
                    fields: dict[str, Any], cut_note: str | None) -> Record:
         reasons: dict[str, str] = fields.pop("__reasons__")
+        repaired: int = fields.pop("__repaired__", 0)
         spec = STAGE_SPECS[stage]
         changes: dict[str, Any] = {}
         for label, field in spec.fields.items():
@@ -234,6 +249,8 @@ class Recycler:
         notes = [f"{label}: {why}, kept the original" for label, why in reasons.items()]
         if len(raws) > 1:
             notes.append(f"re-asked {len(raws) - 1}x")
+        if repaired:
+            notes.append(f"reply: {repaired} {REPAIR_NOTE}")
         if cut_note:
             notes.append(cut_note)
         cand = base.derive(
@@ -257,8 +274,7 @@ class Recycler:
                 with_example=self.config.use_example, reask=self.config.reask,
                 request_for=self._request)
         except (TransientError, PermanentError) as e:
-            log.warning("record %d reflection-format failed: %s", base.source_index, e)
-            return None
+            return self._failed(base, "reflection-format", e)
         if cut_note:
             cand.fallback_reason = "; ".join(filter(None, [cand.fallback_reason, cut_note]))
             if cand.parse_status == "fallback":
@@ -271,20 +287,56 @@ class Recycler:
 
 
 def validate_input(path: str | Path, config: RecycleConfig,
-                   store: RunStore | None = None) -> int:
-    """A streaming pass over the input before any paid call; returns the record count."""
+                   invalid: list[InputError] | None = None) -> int:
+    """A streaming pass over the input before anything is written or paid for; returns the
+    record count. With ``--skip-invalid`` bad records are appended to ``invalid``."""
     count = 0
-    already = {(e["line"], e["record"]) for e in store.invalid()} if store else set()
 
     def on_invalid(err: InputError) -> None:
         if not config.skip_invalid:
             raise err
-        if store is not None and (err.line, err.record) not in already:
-            store.add_invalid(err)
+        if invalid is not None:
+            invalid.append(err)
 
     for _ in iter_input(path, config, on_invalid):
         count += 1
     return count
+
+
+def result_settings(config: RecycleConfig) -> dict[str, Any]:
+    """The settings that change a run's results (not its speed or cost), each prompt as its
+    tag and a hash of its text. Loads prompts and prices, so bad ones are refused here."""
+    Prices.load(config.prices_file, model=config.model_name, price_in=config.price_in,
+                price_out=config.price_out)
+    names = {STAGE_SPECS[s].prompt for s in config.stages if s in STAGE_SPECS} | {"reask"}
+    if "reflection-format" in config.stages:
+        names.add("reflection_format")
+    settings: dict[str, Any] = {
+        "model": config.model_name, "temperature": config.temperature, "top_p": config.top_p,
+        "max_tokens": config.max_tokens, "reask": config.reask, "example": config.use_example,
+        "context_length": config.context_length}
+    for name in sorted(names):
+        prompt = load_prompt(name, config.prompts_dir)
+        text = json.dumps([prompt.system, prompt.user, prompt.example], ensure_ascii=False)
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        settings[f"prompt {name}"] = f"{prompt.tag} {digest}"
+    return settings
+
+
+def _open_run(run_dir: str | Path, identity: dict[str, Any], invalid: list[InputError],
+              force_new: bool) -> RunStore:
+    """The run's store, locked for this process, checked to hold this input's run."""
+    store = RunStore(run_dir, writer="recycle", fresh=force_new)
+    try:
+        check_same_run(store, identity)
+        already = {(e["line"], e["record"]) for e in store.invalid()}
+        for err in invalid:
+            if (err.line, err.record) not in already:
+                store.add_invalid(err)
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def iter_input(path: str | Path, config: RecycleConfig, on_invalid=None) -> Iterator[Record]:
@@ -296,19 +348,31 @@ def iter_input(path: str | Path, config: RecycleConfig, on_invalid=None) -> Iter
 
 def recycle(input_path: str | Path, run_dir: str | Path, config: RecycleConfig | None = None, *,
             output: str | Path | None = None, output_format: str = "jsonl",
-            backend: Backend | None = None) -> RecycleSummary:
-    """Recycle a dataset into ``run_dir`` (resumable); export every candidate to ``output``."""
+            backend: Backend | None = None, force_new: bool = False) -> RecycleSummary:
+    """Recycle a dataset into ``run_dir`` (resumable); export every candidate to ``output``.
+
+    Input, settings and oracle are checked before anything is written. One process at a time
+    writes a run folder (:class:`~rtune.store.RunLock`); the folder keeps its input's
+    fingerprint and result settings and refuses another input or other settings
+    (:mod:`rtune.fingerprint`), unless ``force_new`` starts it afresh.
+    """
     config = config or RecycleConfig()
     input_path = Path(input_path)
-    with RunStore(run_dir) as store:
-        total = validate_input(input_path, config, store)
-        store.set_meta("input", str(input_path.resolve()))
+    invalid: list[InputError] = []
+    total = validate_input(input_path, config, invalid)
+    identity = run_identity(input_path, result_settings(config))
+    backend = backend or make_backend(config.oracle, model=config.model,
+                                      api_key_env=config.api_key_env, timeout=config.timeout,
+                                      context_length=config.context_length,
+                                      batch_size=config.batch_size)
+    try:
+        store = _open_run(run_dir, identity, invalid, force_new)
+    except BaseException:
+        asyncio.run(backend.aclose())
+        raise
+    with store:
         store.set_meta("input_records", total)
         store.set_meta("recycle_config", config.public())
-        backend = backend or make_backend(config.oracle, model=config.model,
-                                          api_key_env=config.api_key_env, timeout=config.timeout,
-                                          context_length=config.context_length,
-                                          batch_size=config.batch_size)
         progress = RunProgress(total, enabled=config.progress, label="recycle")
         recycler = Recycler(config, store, backend, progress)
 
@@ -328,7 +392,7 @@ def recycle(input_path: str | Path, run_dir: str | Path, config: RecycleConfig |
             write_records(store.candidates(), output, format=output_format)
         return RecycleSummary(
             run_dir=str(run_dir), records=total, candidates=store.candidate_counts(),
-            failures=store.failure_counts(), invalid=len(store.invalid()),
+            failures=dict(recycler.failures), invalid=len(store.invalid()),
             calls=store.call_totals(), output=out)
 
 

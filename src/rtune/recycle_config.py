@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .oracle.engine import check_settings
 
 STAGES = ("compress", "instruction", "response", "both", "reflection-format")
 DEFAULT_STAGES = ("instruction", "response", "both")
@@ -54,11 +55,12 @@ class RecycleConfig:
         self.stages = stages
         if self.oracle.startswith(("http://", "https://")) and not self.model:
             raise ConfigError("--model is required with an HTTP oracle (the served model name)")
-        for name in ("concurrency", "max_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.reask < 0 or self.max_retries < 0:
-            raise ConfigError("--reask and --max-retries must be >= 0")
+        check_settings(concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm,
+                       timeout=self.timeout, max_retries=self.max_retries,
+                       batch_size=self.batch_size, max_tokens=self.max_tokens,
+                       context_length=self.context_length)
+        if self.reask < 0:
+            raise ConfigError(f"--reask must be 0 or more (got {self.reask})")
 
     @property
     def model_name(self) -> str:

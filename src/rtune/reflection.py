@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .linear import atomic, fence_spans, off_loop
 from .oracle.base import ChatRequest
 from .prompts import Prompt, load_prompt
 from .records import Record
@@ -33,11 +34,12 @@ NAMESPACE = "reflect"  # run-store namespace of `rtune reflect` results
 
 # ---------------------------------------------------------------- the parser
 
-_TAG = re.compile(r"<\s*(/?)\s*(thinking|reflection|output)\s*>", re.IGNORECASE)
-# a fenced block: ``` or ~~~ at a line start, up to the same fence at a line start (models
-# often put a closing tag right after the closing fence: "```</output>")
-_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?^[ \t]*\1(?![`~])", re.MULTILINE | re.DOTALL)
-_INLINE_CODE = re.compile(r"`[^`\n]+`")
+# blank runs matched atomically: a run of blanks after "<" cannot cost more than its length
+_TAG = re.compile("<" + atomic(r"\s*") + "(?:(?P<slash>/)" + atomic(r"\s*") + ")?"
+                  "(?P<name>thinking|reflection|output)" + atomic(r"\s*") + ">", re.IGNORECASE)
+# fenced blocks (``` or ~~~ at a line start, up to the same fence at a line start; models often
+# put a closing tag right after the closing fence: "```</output>") come from fence_spans
+_INLINE_CODE = re.compile("`" + atomic(r"[^`\n]+") + "`")
 
 
 @dataclass
@@ -81,15 +83,18 @@ class _Spans:
 
 
 def _code_spans(text: str, *, fences: bool = True) -> _Spans:
-    fenced = _Spans([m.span() for m in _FENCE.finditer(text)] if fences else [])
+    fenced = _Spans(fence_spans(text) if fences else [])
     inline = [m.span() for m in _INLINE_CODE.finditer(text) if m.start() not in fenced]
     return _Spans(fenced.spans + inline)
 
 
 def _tags(text: str, *, fences: bool) -> list[re.Match[str]]:
     """Tag matches outside inline code, and outside fenced blocks when ``fences``."""
+    tags = list(_TAG.finditer(text))
+    if not tags:
+        return tags
     code = _code_spans(text, fences=fences)
-    return [m for m in _TAG.finditer(text) if m.start() not in code]
+    return [m for m in tags if m.start() not in code]
 
 
 def _blocks(text: str, tags: list[re.Match[str]]) -> tuple[list[_Block], list[str]]:
@@ -98,7 +103,7 @@ def _blocks(text: str, tags: list[re.Match[str]]) -> tuple[list[_Block], list[st
     stack: list[_Block] = []
     notes: list[str] = []
     for m in tags:
-        closing, name = bool(m.group(1)), m.group(2).lower()
+        closing, name = bool(m.group("slash")), m.group("name").lower()
         if not closing:
             # a tag opened again before it was closed, or <output> inside an open <thinking>:
             # close the open ones first (models forget closing tags far more often than they
@@ -348,15 +353,15 @@ async def reflection_candidate(
     request = request_for(request.messages)
     text = (await engine.complete(request, stage="reflection-format")).text
     raws = [text]
-    problem = check_reflection_reply(text)[1]
+    problem = (await off_loop(check_reflection_reply, text))[1]
     for _ in range(reask):
         if problem is None:
             break
         request = request_for(reask_messages(request.messages, text, problem))
         text = (await engine.complete(request, stage="reflection-format:reask")).text
         raws.append(text)
-        problem = check_reflection_reply(text)[1]
-    cand = parse_reflection_reply(record, text, system=system)
+        problem = (await off_loop(check_reflection_reply, text))[1]
+    cand = await off_loop(lambda t: parse_reflection_reply(record, t, system=system), text)
     cand.oracle_model, cand.prompt_id, cand.prompt_version = model, prompt.id, prompt.version
     cand.raw = "\n\n--- re-ask ---\n\n".join(raws)
     if len(raws) > 1:
@@ -477,7 +482,7 @@ class Reflector:
     async def _format(self, question: str) -> dict[str, Any]:
         text = await self._ask(self.prompt.messages(with_example=self.with_example,
                                                     question=question), "reflect")
-        parsed = parse_reflection(text)
+        parsed = await off_loop(parse_reflection, text)
         return {"answer": parsed.output, "flagged": parsed.flagged, "reason": parsed.reason,
                 "thinking": parsed.thinking, "reflections": parsed.reflections, "text": text}
 
@@ -506,7 +511,7 @@ class Reflector:
             answer = await self._ask(turn(prompt.extra["revise"], question=question,
                                           answer=answer, critique=critique), "reflect:revise")
             step["answer"] = answer
-        final, flagged = extract_output(answer)
+        final, flagged = await off_loop(extract_output, answer)
         if flagged:  # a plain answer (the usual case): the whole revision is the answer
             final = answer.strip()
         thinking = rounds[0]["answer"].strip()
@@ -560,12 +565,16 @@ def reflect(questions: Iterable[str | dict[str, Any]], *, engine: Any = None,
     """
     from .errors import ConfigError
     from .oracle import Engine, EngineConfig, make_backend
+    from .oracle.engine import check_settings
     from .store import RunStore
 
     if mode not in MODES:  # checked before any model loads
         raise ConfigError(f"--mode {mode!r}: choose from {', '.join(MODES)}")
     if rounds < 0:
         raise ConfigError("--rounds must be >= 0")
+    check_settings(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=timeout,
+                   max_retries=max_retries, batch_size=batch_size, max_tokens=max_tokens,
+                   context_length=context_length)
     items = _items(questions)
     store = None
     name = model or (str(engine.backend.name) if engine is not None
@@ -573,7 +582,7 @@ def reflect(questions: Iterable[str | dict[str, Any]], *, engine: Any = None,
     if engine is None:
         if oracle.startswith(("http://", "https://")) and not model:
             raise ConfigError("--model is required with an HTTP oracle (the served model name)")
-        store = RunStore(run_dir) if run_dir is not None else None
+        store = RunStore(run_dir, writer="reflect") if run_dir is not None else None
         backend = make_backend(oracle, model=model, api_key_env=api_key_env, timeout=timeout,
                                context_length=context_length, batch_size=batch_size)
         engine = Engine(backend, store, EngineConfig(

@@ -553,17 +553,9 @@ def _file_stamp(path: str | os.PathLike) -> str:
 
 def _write_scored(records: list[Record], scores: dict[str, Any], output: Path) -> None:
     import json
-    import tempfile
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in scored_rows(records, scores):
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is a plain output file
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .io import atomic_output
+
+    with atomic_output(output) as f:
+        for row in scored_rows(records, scores):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

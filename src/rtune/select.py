@@ -29,6 +29,7 @@ from typing import Any
 from .errors import ConfigError, InputError
 from .records import Record
 from .store import STORE_NAME, RunStore
+from .text import repair_value
 
 POLICIES = ("selective", "cherry", "all", "stage")
 NAMESPACE = "selection"
@@ -302,18 +303,18 @@ def _read_rows(path: Path) -> Iterable[dict[str, Any]]:
 
     fmt = detect_format(path)
     if fmt == "alpaca":  # a JSON list, e.g. the authors' analysis files
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             try:
-                return json.load(f)
+                return repair_value(json.load(f))[0]
             except json.JSONDecodeError as e:
                 raise InputError(str(path), f"malformed JSON: {e.msg}", line=e.lineno) from None
     if fmt == "jsonl":
         rows = []
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for line_no, line in enumerate(f, start=1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        rows.append(repair_value(json.loads(line))[0])
                     except json.JSONDecodeError as e:
                         raise InputError(str(path), f"malformed JSON: {e.msg}",
                                          line=line_no) from None

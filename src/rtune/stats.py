@@ -166,7 +166,7 @@ def make_length_counter(tokenizer: str | None = None) -> LengthCounter:
 def _default_tokenizer() -> tuple[Any, str]:
     """The embedded (``local``) model's tokenizer, if rtune.models can resolve it."""
     try:
-        from .models import resolve_model  # written by the models stage
+        from .models import resolve_model
     except ImportError as e:
         return None, f"rtune.models unavailable: {e}"
     try:

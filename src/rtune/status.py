@@ -1,4 +1,5 @@
-"""``rtune status``: a run's progress, failures by reason, tokens in/out and cost."""
+"""``rtune status``: a run's progress, failures by reason (still standing, or repaired by a
+later run), tokens in/out and cost."""
 
 from __future__ import annotations
 
@@ -29,6 +30,6 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
             "input_records": store.get_meta("input_records"), "records_seen": total_sources,
             "multi_turn_passed_through": sources.get("skipped", 0),
             "stages": stages, "calls": store.call_totals(),
-            "failures": store.failure_counts(), "fallbacks": store.fallback_reasons(),
+            "failures": store.failure_summary(), "fallbacks": store.fallback_reasons(),
             "invalid_input": store.invalid(),
         }

@@ -2,7 +2,7 @@
 
 Every check that can fail (settings, model path, template vs tokenizer, empty data) runs before
 the model is loaded. Multi-GPU / multi-node: run under ``accelerate launch`` with one of the
-configs in ``configs/``; Trainer picks up FSDP / DeepSpeed from the environment.
+configs shipped in ``rtune/configs/`` (``rtune train --config-path NAME``); Trainer picks up FSDP / DeepSpeed from the environment.
 """
 
 from __future__ import annotations
@@ -236,7 +236,9 @@ def _build_trainer(features: list[dict], tokenizer: Any, config: TrainConfig, pl
     else:
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True,
                                           label_pad_token_id=IGNORE_INDEX)
-    save = {"save_strategy": "epoch"} if config.save_steps is None else {
+    # a full-size checkpoint holds the weights and optimizer state (3x the model); only where
+    # asked for (the final model is always saved)
+    save = {"save_strategy": "no"} if config.save_steps is None else {
         "save_strategy": "steps", "save_steps": config.save_steps}
     args = TrainingArguments(
         output_dir=config.output_dir,

@@ -1,15 +1,26 @@
-"""Settings of ``rtune train``; the defaults are the Reflection-Tuning paper's recipe (DESIGN §4)."""
+"""Settings of ``rtune train``; the defaults are the Reflection-Tuning paper's recipe ."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .distributed import process
 from .errors import ConfigError
 from .templates import get_template
+
+ACCELERATE_CONFIGS = ("fsdp", "deepspeed_zero3")
+
+
+def accelerate_config(name: str) -> Path:
+    """The path of an accelerate config shipped in the package (``rtune/configs/NAME.yaml``)."""
+    if name not in ACCELERATE_CONFIGS:
+        raise ConfigError(f"unknown accelerate config {name!r}: expected one of "
+                          f"{', '.join(ACCELERATE_CONFIGS)}")
+    return Path(__file__).parent / "configs" / f"{name}.yaml"
 
 
 @dataclass
@@ -65,7 +76,7 @@ class TrainConfig:
     bf16: bool | None = None  # None: bf16 mixed precision on a CUDA GPU that supports it
     seed: int = 42
     resume: bool | str = False  # True: last checkpoint in output_dir; str: that checkpoint
-    save_steps: int | None = None  # None: a checkpoint at the end of each epoch
+    save_steps: int | None = None  # None: no intermediate checkpoints (--resume needs them)
     save_total_limit: int | None = 2
     logging_steps: int = 10
     world_size: int | None = None  # None: $WORLD_SIZE (set by accelerate / torchrun), else 1
@@ -86,6 +97,9 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {value})")
         if self.max_length < 2:
             raise ConfigError(f"--max-length must be at least 2 (got {self.max_length})")
+        if self.max_steps == 0 or self.max_steps < -1:  # -1: not set, --epochs decides
+            raise ConfigError(f"--max-steps must be at least 1 (got {self.max_steps}); leave it "
+                              "out to train for --epochs")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup ratio must be in [0, 1) (got {self.warmup_ratio})")
         if self.weight_decay < 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
+from ..extras import require
 from ._common import print_json
 
 HELP = "run lm-evaluation-harness tasks on a local model (summary table)"
@@ -78,6 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("bench", "rtune bench")
+    require("local", "rtune bench")
     from ..bench import bench, format_markdown
 
     if args.log_samples and args.output and args.output.lower().endswith((".md", ".markdown")):

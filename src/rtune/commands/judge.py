@@ -99,6 +99,8 @@ def format_table(results: dict) -> str:
         lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in results["failures"].items())
                      + ("; rerun to retry errors" if results["failures"].get("error") else ""))
     if results.get("files"):
-        lines.append(f"results -> {results['files']['results']}, chart -> "
-                     f"{results['files']['chart']}")
+        files = results["files"]
+        chart = (f"chart -> {files['chart']}" if "chart" in files
+                 else "no chart (pip install 'rtune[report]' for wtl.png)")
+        lines.append(f"results -> {files['results']}, {chart}")
     return "\n".join(lines)

@@ -3,7 +3,12 @@
 Reads Alpaca JSON/JSONL, ShareGPT, OpenAI messages, parquet or a Hugging Face save_to_disk
 folder. Each source record gets candidates: orig, ins (instruction reflection), res (response
 reflection), both (response reflection of ins), optionally compress first. All work is kept in
-RUN_DIR/rtune.sqlite: interrupt at any time and run the same command again to continue.
+RUN_DIR/rtune.sqlite: interrupt at any time and run the same command again to continue. One
+process at a time writes a run folder, and a folder holding another input's run (or one made
+with other settings) is refused: use another --run-dir, or --force-new to start it afresh.
+
+Exit status: 0 all done; 1 some oracle calls failed (a rerun retries them), or the run stopped
+because the endpoint refused the key or nothing listens at its address; 2 bad input or options.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip bad records (listed in `rtune status`) instead of stopping")
+    p.add_argument("--force-new", action="store_true",
+                   help="start the run folder afresh: delete its store (candidates and paid "
+                   "calls) first. Without it a folder holding another input's run, or one made "
+                   "with other settings, is refused")
     p.add_argument("--dry-run", action="store_true",
                    help="print calls, estimated tokens and cost; call nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
@@ -74,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     fmt = input_output_format(args.input) if args.format == "input" else args.format
     output = args.output or run_dir / "candidates.jsonl"
-    summary = recycle(args.input, run_dir, config, output=output, output_format=fmt)
+    summary = recycle(args.input, run_dir, config, output=output, output_format=fmt,
+                      force_new=args.force_new)
     print(f"run: {summary.run_dir}   (rtune status {summary.run_dir})")
     print(f"candidates: {summary.output}")
     for kind, by_status in summary.candidates.items():
@@ -82,9 +92,11 @@ def run(args: argparse.Namespace) -> int:
     calls = summary.calls
     print(f"oracle: {calls['calls']} calls, {calls['tokens_in']:,} tokens in, "
           f"{calls['tokens_out']:,} out, ${calls['cost']:.4f}")
-    if summary.failures:
-        print("failures (retried on the next run): " +
-              ", ".join(f"{k} {v}" for k, v in summary.failures.items()))
     if summary.invalid:
         print(f"invalid input records skipped: {summary.invalid} (see rtune status)")
+    if summary.failures:
+        print(f"failed: {sum(summary.failures.values())} oracle call(s), by reason: " +
+              ", ".join(f"{k} {v}" for k, v in sorted(summary.failures.items())) +
+              "; rerun the same command to retry them")
+        return 1
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..text import repair_value
 from ._common import add_oracle_arguments
 
 HELP = "answer questions with <thinking>/<reflection>/<output> (format or self-reflection loop)"
@@ -63,13 +64,13 @@ def read_questions(path: Path) -> list[Any]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise InputError(str(path), f"not valid JSON: {e.msg}", line=e.lineno) from None
-        return data
+        return repair_value(data)[0]
     items = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            items.append(json.loads(line))
+            items.append(repair_value(json.loads(line))[0])
         except json.JSONDecodeError as e:
             raise InputError(str(path), f"not valid JSON: {e.msg}", line=n) from None
     return items

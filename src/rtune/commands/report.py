@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..extras import require
 from ..report import ALIGN_MODES, DEFAULT_INLINE_LIMIT_MB, build_report
 from .stats import add_common
 
@@ -27,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("report", "rtune report")
     res = build_report(args.inputs, args.output, tokenizer=args.tokenizer,
                        coherence=not args.no_coherence, coherence_sample=args.coherence_sample,
                        inline_limit_mb=args.inline_limit_mb, title=args.title,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..distributed import is_main_process
+from ..extras import require
 from ..score_config import ScoreConfig, template_names
 from ..store import STORE_NAME
 from ._common import print_json
@@ -44,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("local", "rtune score")
     from ..score import score_file, score_run, write_run_scores
 
     config = ScoreConfig(student=args.student, template=args.template,

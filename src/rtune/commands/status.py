@@ -1,5 +1,6 @@
-"""Show a run's progress: candidates per stage and parse status, oracle failures by reason,
-fallback reasons, invalid input records, tokens in/out and cost."""
+"""Show a run's progress: candidates per stage and parse status, oracle failures by reason
+(still standing, or repaired by a later run), fallback reasons, invalid input records, tokens
+in/out and cost."""
 
 from __future__ import annotations
 
@@ -35,9 +36,11 @@ def run(args: argparse.Namespace) -> int:
     c = s["calls"]
     print(f"oracle calls {c['calls']}, tokens in {c['tokens_in']:,}, out {c['tokens_out']:,}, "
           f"cost ${c['cost']:.4f}")
-    if s["failures"]:
-        print("call failures by reason: " +
-              ", ".join(f"{k} {v}" for k, v in s["failures"].items()))
+    for state, label in (("standing", "call failures still standing (a rerun retries them)"),
+                         ("repaired", "call failures repaired by a later run")):
+        if s["failures"][state]:
+            print(f"{label}: " + ", ".join(f"{k} {v}" for k, v in
+                                           sorted(s["failures"][state].items())))
     if s["fallbacks"]:
         print("fallbacks and re-asks (by reason):")
         for reason, n in list(s["fallbacks"].items())[:15]:

@@ -1,7 +1,8 @@
 """Fine-tune a model on (recycled) instruction data: the paper's recipe by default (Vicuna
 prompt, AdamW lr 2e-5, cosine, warmup 0.03, 3 epochs, global batch 128, max length 2048), loss
 on the assistant tokens only. Multi-GPU / multi-node: accelerate launch --config_file
-configs/fsdp.yaml -m rtune train ..."""
+"$(rtune train --config-path fsdp)" -m rtune train ... (the accelerate configs for FSDP and
+DeepSpeed ZeRO-3 ship inside the package)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import contextlib
 import sys
 
 from ..distributed import is_main_process
+from ..errors import ConfigError
+from ..extras import require
 from ..io import INPUT_FORMATS
 from ..templates import TEMPLATES
-from ..train_config import TrainConfig
+from ..train_config import ACCELERATE_CONFIGS, TrainConfig, accelerate_config
 
 HELP = "fine-tune a model on instruction data (SFT, the paper's recipe)"
 
@@ -20,7 +23,7 @@ _D = TrainConfig()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="training data: rtune output, Alpaca JSON/JSONL, ShareGPT, "
+    p.add_argument("data", nargs="?", help="training data: rtune output, Alpaca JSON/JSONL, ShareGPT, "
                    "messages JSONL, parquet or a Hugging Face dataset folder")
     p.add_argument("--model", default=_D.model,
                    help="'local' (embedded SmolLM2-135M-Instruct), 'local:/path' or a path to "
@@ -32,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder (model, tokenizer with its chat template, checkpoints, "
                    "rtune_train.json)")
     p.add_argument("--format", default="auto", choices=INPUT_FORMATS, help="input format")
+    p.add_argument("--config-path", choices=ACCELERATE_CONFIGS, default=None, metavar="NAME",
+                   help="print the path of a shipped accelerate config (fsdp, deepspeed_zero3) "
+                   "for accelerate launch --config_file, and exit")
     g = p.add_argument_group("recipe")
     g.add_argument("--global-batch-size", type=int, default=_D.global_batch_size,
                    help="sequences per optimizer step = per-device batch x gradient "
@@ -69,9 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bf16 mixed precision (default: on for a CUDA GPU that supports it)")
     o.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="resume from the last checkpoint in the output folder (or the one "
-                   "given)")
+                   "given; checkpoints exist only with --save-steps)")
     o.add_argument("--save-steps", type=int, default=None,
-                   help="save a checkpoint every N optimizer steps (default: every epoch)")
+                   help="save a full checkpoint (weights + optimizer state) every N optimizer "
+                   "steps (default: none; the final model is always saved)")
     o.add_argument("--logging-steps", type=int, default=_D.logging_steps,
                    help="log the loss every N steps")
     o.add_argument("--reflection-tokens", action="store_true",
@@ -97,8 +104,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.config_path:
+        require("train", "rtune train")
     from ..train import train
 
+    if args.config_path:
+        print(accelerate_config(args.config_path))
+        return 0
+    if not args.data:
+        raise ConfigError("the training data is required: rtune train DATA --model ...")
     config = config_from_args(args)
     config.validate()  # settings errors before the heavy imports
 

@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from ..errors import RtuneError
+
 
 @dataclass(frozen=True)
 class ChatRequest:
@@ -50,7 +52,15 @@ class TransientError(Exception):
     def __init__(self, reason: str, detail: str = "", retry_after: float | None = None):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.detail = detail
         self.retry_after = retry_after
+
+
+class ConnectionRefused(TransientError):
+    """Nothing listens at the endpoint's address (the connection was refused at once)."""
+
+    def __init__(self, detail: str = ""):
+        super().__init__("connection_refused", detail)
 
 
 class PermanentError(Exception):
@@ -58,6 +68,18 @@ class PermanentError(Exception):
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class FatalError(RtuneError):
+    """A failure every other call would hit too (the endpoint refused the key, nothing listens
+    at its address): the run stops at once. Calls finished before it stay in the run store; the
+    command exits with status 1, as when some calls failed."""
+
+    exit_code = 1
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
         self.reason = reason
 
 

@@ -15,14 +15,54 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ..errors import ConfigError
 from ..store import RunStore
-from .base import Backend, ChatRequest, ChatResult, PermanentError, TransientError
+from ..text import repair_text
+from .base import (
+    Backend,
+    ChatRequest,
+    ChatResult,
+    ConnectionRefused,
+    FatalError,
+    PermanentError,
+    TransientError,
+)
 from .pricing import Prices
 from .ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
+
+# A refused connection is answered at once and means nothing listens at the address: a typo
+# in the URL, a server not started yet, or one that died. Three quick retries (about 2 s in
+# all) cover a listener that is just coming up; past that, every other call would be refused
+# too, so the run stops with that message instead of backing off for a minute per call.
+REFUSED_RETRIES = 3
+REFUSED_BACKOFF = 0.25
+
+
+def check_settings(*, concurrency: int = 1, rpm: float | None = None, tpm: float | None = None,
+                   timeout: float = 1.0, max_retries: int = 0, batch_size: int = 1,
+                   max_tokens: int = 1, context_length: int | None = None) -> None:
+    """Refuse, naming the option, a setting of the model endpoint options that cannot work.
+
+    Every model-calling command calls this before it creates a file or loads a model."""
+    at_least_one = {"concurrency": concurrency, "batch_size": batch_size,
+                    "max_tokens": max_tokens, "context_length": context_length}
+    positive = {"rpm": rpm, "tpm": tpm, "timeout": timeout}
+    for name, value in at_least_one.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{_flag(name)} must be at least 1 (got {value})")
+    for name, value in positive.items():
+        if value is not None and not value > 0:  # also refuses NaN
+            raise ConfigError(f"{_flag(name)} must be greater than 0 (got {value:g})")
+    if max_retries < 0:
+        raise ConfigError(f"--max-retries must be 0 or more (got {max_retries})")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -35,6 +75,10 @@ class EngineConfig:
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     prices: Prices = field(default_factory=Prices)
+
+    def __post_init__(self) -> None:
+        check_settings(concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm,
+                       timeout=self.timeout, max_retries=self.max_retries)
 
 
 @dataclass
@@ -102,6 +146,13 @@ class Engine:
         while True:
             try:
                 return await self._call_once(request, key, stage)
+            except ConnectionRefused as e:
+                attempt += 1
+                if attempt > min(self.config.max_retries, REFUSED_RETRIES):
+                    self._record_failure(key, stage, e.reason, str(e))
+                    raise self._refused(e, attempt) from None
+                self.stats.retries += 1
+                await asyncio.sleep(REFUSED_BACKOFF * 2 ** (attempt - 1))
             except TransientError as e:
                 attempt += 1
                 if attempt > self.config.max_retries:
@@ -113,9 +164,14 @@ class Engine:
                     self._paused_until = max(self._paused_until, time.monotonic() + delay)
                 log.info("retry %d after %s in %.2fs", attempt, e.reason, delay)
                 await asyncio.sleep(delay)
-            except PermanentError as e:
+            except (PermanentError, FatalError) as e:
                 self._record_failure(key, stage, e.reason, str(e))
                 raise
+
+    def _refused(self, e: ConnectionRefused, attempts: int) -> FatalError:
+        return FatalError(e.reason, f"{e.detail} (connection refused, tried {attempts}x): "
+                          "start the server or fix the address; finished calls are kept, "
+                          "rerun to continue")
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -142,6 +198,9 @@ class Engine:
                 raise TransientError("timeout", f"no reply in {self.config.timeout:g}s") from None
             result.latency = time.monotonic() - start
             self._limiter.settle(estimate, result.tokens_in + result.tokens_out)
+        result.text, repaired = repair_text(result.text)  # before the parser and the store
+        if repaired:
+            result.extra["repaired"] = repaired
         model = result.model or request.model
         cost = self.config.prices.cost(model, result.tokens_in, result.tokens_out)
         if self.store is not None:
@@ -186,6 +245,9 @@ class Engine:
                 if not pending:
                     return
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:  # mark every error retrieved: the first one raised below
+                    if not task.cancelled():  # ends the run, the rest would be logged at exit
+                        task.exception()
                 for task in done:
                     yield task.result()
         finally:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import httpx
 import openai
 
 from ..errors import ConfigError
-from .base import ChatRequest, ChatResult, PermanentError, TransientError
+from ..redact import redact
+from .base import (
+    ChatRequest,
+    ChatResult,
+    ConnectionRefused,
+    FatalError,
+    PermanentError,
+    TransientError,
+)
 
 
 def _retry_after(response: httpx.Response | None) -> float | None:
@@ -34,12 +43,15 @@ class HttpBackend:
                  timeout: float = 120.0, context_length: int | None = None,
                  max_connections: int = 256):
         api_key = os.environ.get(api_key_env)
+        self.api_key_env = api_key_env
+        self._key_set = api_key is not None
         if api_key is None:
             local = any(h in base_url for h in ("127.0.0.1", "localhost", "[::1]", "0.0.0.0"))
             if not local and api_key_env == "OPENAI_API_KEY" and "openai.com" in base_url:
                 raise ConfigError(f"set ${api_key_env} (or name another variable with "
                                   "--api-key-env) to call this endpoint")
             api_key = "none"  # local servers usually take any key
+        self._secrets = (api_key,) if self._key_set else ()
         self.name = base_url
         self.context_length = context_length
         self.client = openai.AsyncOpenAI(
@@ -58,33 +70,46 @@ class HttpBackend:
         try:
             # the SDK's own request path (auth, errors, transport) with a plain dict in and
             # out: its typed params/models cost ~2.5 ms CPU per call, more than all the rest
-            resp = await self.client.post("/chat/completions", body=body, cast_to=dict,
+            resp = await self.client.post("/chat/completions", body=body,
+                                          cast_to=dict[str, object],
                                           options={"timeout": timeout} if timeout else {})
-        except openai.RateLimitError as e:
-            raise TransientError("rate_limited", _short(e), _retry_after(e.response)) from None
-        except openai.InternalServerError as e:
-            raise TransientError(f"http_{e.status_code}", _short(e),
-                                 _retry_after(e.response)) from None
-        except openai.APITimeoutError:
-            raise TransientError("timeout", "the request timed out") from None
-        except openai.APIConnectionError as e:
-            raise TransientError("connection", _short(e)) from None
-        except openai.APIResponseValidationError as e:
-            raise TransientError("bad_response", _short(e)) from None
-        except openai.BadRequestError as e:
-            text = _short(e).lower()
+        except (openai.OpenAIError, ValueError) as e:
+            raise self._error(e) from None
+        return self._result(resp, request)
+
+    def _error(self, e: Exception) -> Exception:
+        """The rtune error for an SDK exception; its text redacted for the key in use."""
+        short = self._short(e)
+        if isinstance(e, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            return FatalError("auth", self._auth_message(e.status_code))
+        if isinstance(e, openai.RateLimitError):
+            return TransientError("rate_limited", short, _retry_after(e.response))
+        if isinstance(e, openai.APIConnectionError):
+            return _connection_error(e, self.name)
+        if isinstance(e, openai.APIResponseValidationError):
+            return TransientError("bad_response", short)
+        if isinstance(e, openai.BadRequestError):
+            text = short.lower()
             if "context" in text and ("length" in text or "window" in text or "maximum" in text):
-                raise PermanentError("context_length", _short(e)) from None
-            raise PermanentError("bad_request", _short(e)) from None
-        except openai.AuthenticationError:
-            raise PermanentError("auth", "the endpoint refused the API key") from None
-        except openai.APIStatusError as e:
+                return PermanentError("context_length", short)
+            return PermanentError("bad_request", short)
+        if isinstance(e, openai.APIStatusError):
             if e.status_code in (408, 409, 425) or e.status_code >= 500:
-                raise TransientError(f"http_{e.status_code}", _short(e),
-                                     _retry_after(e.response)) from None
-            raise PermanentError(f"http_{e.status_code}", _short(e)) from None
-        except ValueError as e:  # body that is not JSON at all
-            raise TransientError("bad_response", str(e)[:200]) from None
+                return TransientError(f"http_{e.status_code}", short, _retry_after(e.response))
+            return PermanentError(f"http_{e.status_code}", short)
+        return TransientError("bad_response", short[:200])  # a body that is not JSON at all
+
+    def _auth_message(self, status: int) -> str:
+        where = (f"${self.api_key_env}" if self._key_set
+                 else f"no key (${self.api_key_env} is not set)")
+        return (f"{self.name} refused the API key (HTTP {status}; sent {where}): set the right "
+                "key, or name its variable with --api-key-env")
+
+    def _short(self, e: Exception) -> str:
+        """Server text enters rtune here: redacted before it is cut, logged or stored."""
+        return redact(str(e).replace("\n", " "), self._secrets)[:300]
+
+    def _result(self, resp: object, request: ChatRequest) -> ChatResult:
         if not isinstance(resp, dict):
             raise TransientError("bad_response", "reply is not a JSON object")
         choices = resp.get("choices")
@@ -128,5 +153,23 @@ def _http_client(max_connections: int, timeout: float):
     return httpx.AsyncClient(limits=limits, timeout=timeout)
 
 
-def _short(e: Exception) -> str:
-    return str(e).replace("\n", " ")[:300]
+def _connection_error(e: openai.APIConnectionError, url: str) -> TransientError:
+    """Name what happened from the OS error under the SDK's: its aiohttp transport reports
+    every failed connect (refused, DNS) as a connect *timeout*, httpx as a connection error."""
+    chain = _chain(e)
+    if any(getattr(c, "errno", None) == errno.ECONNREFUSED for c in chain):
+        return ConnectionRefused(f"nothing listens at {url}")
+    cause = next((c for c in chain if isinstance(c, OSError)), None)
+    if isinstance(e, openai.APITimeoutError) and (cause is None or isinstance(cause, TimeoutError)):
+        return TransientError("timeout", "the request timed out")
+    return TransientError("connection", f"{type(cause or e).__name__}: {cause or e}"[:300])
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and the exceptions it was raised from, outermost first."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = e
+    while cause is not None and all(cause is not c for c in chain):
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return chain

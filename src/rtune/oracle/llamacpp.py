@@ -2,11 +2,19 @@
 
 About 2x the tokens/s of transformers at batch 16 on a small CPU, one request at a time. To
 serve many clients, run llama.cpp's ``llama-server`` and point ``--oracle`` at its /v1 URL.
+
+llama-cpp-python is compiled for the machine that built it: on a CPU without an instruction it
+uses (AMX, AVX-512 on some cloud VMs) the process dies with SIGILL, which Python cannot catch.
+So the model is first loaded and run for one token in a child process; a crash there becomes a
+:class:`ConfigError` naming the signal, and the parent never runs the broken code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +43,7 @@ class LlamaCppBackend:
                               "reads GGUF only; use --oracle local:/path for a HF folder)")
         self.path = Path(gguf)
         self.name = self.path.stem
+        probe(self.path)
         # n_threads default: llama-cpp-python's own (half the logical cores). Its threads
         # busy-wait, so more threads than free cores is far slower (measured 45 s vs 2 s).
         threads = {"n_threads": n_threads} if n_threads else {}
@@ -72,3 +81,38 @@ class LlamaCppBackend:
 
     async def aclose(self) -> None:
         """Nothing to release between runs; the model stays loaded for the next stage."""
+
+
+_PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, verbose=False)
+llm.create_completion("Hi", max_tokens=1)
+"""
+_probed: set[Path] = set()
+
+
+def probe(gguf: Path, *, timeout: float = 600.0) -> None:
+    """Load ``gguf`` with llama.cpp and generate one token in a child process (once per file
+    per process); raise :class:`ConfigError` if that crashes or fails."""
+    key = gguf.resolve()
+    if key in _probed:
+        return
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, str(gguf)], capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"llama.cpp did not load {gguf.name} within {timeout:.0f} s") from None
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        why = (" (an instruction this CPU lacks: the binding was built for another CPU)"
+               if name == "SIGILL" else "")
+        raise ConfigError(
+            f"llama.cpp crashed with {name}{why} while loading {gguf.name}: rebuild it for "
+            "this machine (CMAKE_ARGS=-DGGML_NATIVE=ON pip install --force-reinstall "
+            "--no-cache-dir llama-cpp-python) or use --oracle local")
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ConfigError(f"llama.cpp failed to load {gguf.name} (exit {proc.returncode}): "
+                          f"{last}")
+    _probed.add(key)

@@ -122,9 +122,11 @@ class LocalBackend:
 
     def generate(self, prompts: list[list[int]], *, max_new: list[int],
                  stops: list[tuple[str, ...] | None], temperature: float = 0.0,
-                 top_p: float = 1.0) -> list[GenerationOutput]:
+                 top_p: float = 1.0,
+                 cancel: threading.Event | None = None) -> list[GenerationOutput]:
         """One left-padded batch through ``model.generate``; rows stop on EOS, their own stop
-        strings or their own token budget."""
+        strings or their own token budget. Setting ``cancel`` (from any thread) ends the batch
+        after the token being computed; its outputs are then cut short and not to be used."""
         import torch
 
         with self._lock:
@@ -135,6 +137,7 @@ class LocalBackend:
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
             eos = _eos_ids(model, self.tokenizer)
             rows = _RowStop(self.tokenizer, width, max_new, stops, eos)
+            criteria = StoppingCriteriaList([rows] + ([_Cancelled(cancel)] if cancel else []))
             kwargs: dict[str, Any] = {"do_sample": False}
             if temperature > 0:
                 kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p,
@@ -143,7 +146,7 @@ class LocalBackend:
                 out = model.generate(
                     input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
                     max_new_tokens=max(max_new), pad_token_id=pad, eos_token_id=eos,
-                    stopping_criteria=StoppingCriteriaList([rows]), **kwargs)
+                    stopping_criteria=criteria, **kwargs)
             results = []
             for i, row in enumerate(out[:, width:].tolist()):
                 n, reason = rows.done[i] or (len(row), "length")
@@ -208,12 +211,16 @@ class LocalBackend:
 
     async def _run_batch(self, batch: list[_Job]) -> None:
         req = batch[0].request
+        # A thread can't be cancelled: without this flag Ctrl-C (which cancels this task) would
+        # wait for the whole batch, minutes on a CPU, when asyncio.run joins its threads.
+        cancel = threading.Event()
         try:
             outputs = await asyncio.to_thread(
                 self.generate, [j.ids for j in batch], max_new=[j.max_new for j in batch],
                 stops=[j.request.stop for j in batch], temperature=req.temperature,
-                top_p=req.top_p)
+                top_p=req.top_p, cancel=cancel)
         except asyncio.CancelledError:
+            cancel.set()
             raise
         except Exception as e:  # noqa: BLE001 - handed to every waiter of this batch
             error = e if isinstance(e, PermanentError) else PermanentError(
@@ -259,6 +266,19 @@ class _RowStop(StoppingCriteria):
             elif n >= self.max_new[i]:
                 self.done[i] = (n, "length")
         return torch.tensor([d is not None for d in self.done], device=input_ids.device)
+
+
+class _Cancelled(StoppingCriteria):
+    """Ends every row once ``event`` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
 
 
 def _first_stop(text: str, stops: tuple[str, ...] | None) -> int | None:

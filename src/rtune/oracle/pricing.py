@@ -30,10 +30,10 @@ class Prices:
         prices = cls()
         if path:
             try:
-                data = json.loads(Path(path).read_text(encoding="utf-8"))
+                data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
                 for name, pair in data.items():
                     prices.table[name] = (float(pair[0]), float(pair[1]))
-            except (OSError, ValueError, TypeError, IndexError, KeyError) as e:
+            except (OSError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
                 raise ConfigError(f"--prices {path}: expected a JSON object "
                                   f'{{"model": [usd_in_per_1M, usd_out_per_1M]}} ({e})') from None
         if model and (price_in is not None or price_out is not None):
