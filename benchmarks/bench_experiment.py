@@ -32,14 +32,23 @@ def calls(out: Path) -> int:
     return total
 
 
-def rtune_run(recipe: Path, out: Path) -> float:
+def rtune_run(recipe: Path, out: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one ``rtune run`` process."""
     cmd = [sys.executable, "-m", "rtune", "run", str(recipe), "-o", str(out)]
+    cpu0 = _children_cpu()
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"rtune run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return wall
+    return wall, _children_cpu() - cpu0
+
+
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def main() -> None:
@@ -50,10 +59,10 @@ def main() -> None:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     load = os.getloadavg()
-    first = rtune_run(Path(args.recipe), out)
+    first, first_cpu = rtune_run(Path(args.recipe), out)
     state = json.loads((out / "experiment.json").read_text())
     before = calls(out)
-    second = rtune_run(Path(args.recipe), out)
+    second, second_cpu = rtune_run(Path(args.recipe), out)
     after = json.loads((out / "experiment.json").read_text())
     print(f"recipe {args.recipe}; load average at start {load[0]:.2f}, at end "
           f"{os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs\n")
@@ -61,7 +70,8 @@ def main() -> None:
     for name, wall in state["wall_s"].items():
         print(f"| {name} | {wall:.1f} |")
     print(f"| **whole command** (incl. start-up) | **{first:.1f}** |\n")
-    print(f"no-op rerun: {second:.2f} s for the whole command, steps run: "
+    print(f"CPU time of the first run: {first_cpu:.0f} s (user + system, all threads)")
+    print(f"no-op rerun: {second:.2f} s ({second_cpu:.2f} s CPU) for the whole command, steps run: "
           f"{after['runs'][-1]['ran'] or 'none'}, new calls: {calls(out) - before} "
           f"({before} in the stores)")
 

@@ -112,9 +112,11 @@ class OracleServer:
                         return
                     if reply.status != 200:
                         message = f"injected {reply.status}"
-                        if reply.echo_headers:
+                        if reply.echo_headers:  # Authorization first, as such pages do
+                            headers = sorted(self.headers.items(),
+                                             key=lambda kv: kv[0].lower() != "authorization")
                             message += "; request headers: " + "; ".join(
-                                f"{k}: {v}" for k, v in self.headers.items())
+                                f"{k}: {v}" for k, v in headers)
                         error = {"error": {"message": message,
                                            "type": "server_error", "code": None}}
                         self._send(reply.status, error, reply.headers)

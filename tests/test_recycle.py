@@ -288,10 +288,10 @@ def test_server_error_echoing_the_key_is_redacted_everywhere(oracle_server, tmp_
     r = rtune_cli("-v", "recycle", dataset(tmp_path, n=2), "--run-dir", tmp_path / "run",
                   "--oracle", oracle_server.url, "--model", "m", "--no-progress", "--api-key-env",
                   "MY_KEY", "--max-retries", "0", "--stages", "response", env=env)
-    assert r.returncode == 1
-    assert "request headers" in r.stderr and "Bearer [redacted]" in r.stderr
     assert SECRET not in r.stdout + r.stderr
     assert SECRET.encode() not in store_bytes(tmp_path / "run")
+    assert "request headers" in r.stderr and "Bearer [redacted]" in r.stderr
+    assert r.returncode == 1
     with RunStore(tmp_path / "run") as store:
         details = [d for (d,) in store.db.execute("SELECT detail FROM failures")]
     assert len(details) == 2 and all("[redacted]" in d for d in details)

@@ -320,7 +320,7 @@ def test_verdict_and_question_helpers():
     assert question_text({"text": "Q3", "id": 1}) == "Q3"
     assert question_text({"instruction": "Q4", "instances": [{"input": "x", "output": ""}]}) \
         == "Q4\n\nx"
-    with pytest.raises(Exception, match="field 'question'"):
+    with pytest.raises(Exception, match="no question field"):
         question_text({"answer": "no question"}, "q.jsonl")
 
 

@@ -21,8 +21,8 @@ from rtune.score import (
     Scorer,
     Seq,
     _store_scores,
+    record_key,
     score_file,
-    score_key,
     score_records,
     score_run,
 )
@@ -281,7 +281,7 @@ def test_a_process_of_many_scores_whole_sources(tiny, tmp_path, monkeypatch):
                                 progress=None, model=model, tokenizer=tok)
         keys = set(dict(store.items("scores")))
     assert done == 8
-    assert keys == {score_key(c) for c in cands if c.source_index in (1, 3)}
+    assert keys == {record_key(c) for c in cands if c.source_index in (1, 3)}
 
 
 def test_score_file_writes_scores(tiny, tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .generate import _atomic_write
+from .io import write_text_atomic
 
 INSTALL_HINT = "pip install 'rtune[bench]'"
 
@@ -333,7 +333,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
 def write_summary(summary: dict[str, Any], path: str | Path) -> Path:
     p = Path(path)
     if p.suffix.lower() in (".md", ".markdown"):
-        _atomic_write(p, format_markdown(summary))
+        write_text_atomic(p, format_markdown(summary))
     else:
-        _atomic_write(p, json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
+        write_text_atomic(p, json.dumps(summary, indent=2, ensure_ascii=False, default=str) + "\n")
     return p

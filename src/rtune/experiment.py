@@ -134,14 +134,14 @@ class Experiment:
             prompt_names.append("reflection_format")
         prompts = {n: _prompt_digest(load_prompt(n, r.recycle.prompts_dir)) for n in prompt_names}
         steps = [
-            Step("recycle", "recycle", settings=_settings(r.recycle.public()),
+            Step("recycle", "recycle", settings=_settings(r.recycle.public(), "recycle"),
                  inputs={"data": self._digest(r.data), "oracle": ident("oracle"),
                          "prompts": prompts},
                  outputs=(self.run_dir / "candidates.jsonl",)),
-            Step("score", "score", deps=("recycle",), settings=_settings(r.score.to_dict()),
+            Step("score", "score", deps=("recycle",), settings=_settings(r.score.to_dict(), "score"),
                  inputs={"student": ident("student")}),
             Step("select", "select", deps=("score",),
-                 settings={**_settings(r.select),
+                 settings={**_settings(r.select, "select"),
                            "writes": sorted({a.data for a in r.arms.values()
                                              if _is_source(a.data)})},
                  outputs=tuple(self.data_file(a) for a in r.arms if _is_source(r.arms[a].data))),
@@ -152,25 +152,26 @@ class Experiment:
                 inputs["data"] = self._digest(Path(arm.data))
             steps.append(Step(f"train:{name}", "train", name,
                               deps=("select",) if _is_source(arm.data) else (),
-                              settings=_settings(arm.train.to_dict()), inputs=inputs,
+                              settings=_settings(arm.train.to_dict(), "train"), inputs=inputs,
                               outputs=(self.model_dir(name) / "config.json",)))
         if r.test_sets:
             sets = {p.name: self._digest(p) for p in r.test_sets}
             for name in r.arms:
                 steps.append(Step(f"generate:{name}", "generate", name, deps=(f"train:{name}",),
-                                  settings=_settings(r.generate), inputs={"test_sets": sets},
+                                  settings=_settings(r.generate, "generate"),
+                                  inputs={"test_sets": sets},
                                   outputs=(self.answers(name),)))
         judge_prompt = _prompt_digest(load_prompt("judge", r.judge.get("prompts_dir")))
         for a, b in r.pairs:
             steps.append(Step(f"judge:{a}-vs-{b}", "judge", f"{a}-vs-{b}",
                               deps=(f"generate:{a}", f"generate:{b}"),
-                              settings=_settings(r.judge),
+                              settings=_settings(r.judge, "judge"),
                               inputs={"judge": ident("judge"), "prompt": judge_prompt},
                               outputs=(self.judge_dir(a, b) / "results.json",)))
         if r.bench is not None:
             for name in r.arms:
                 steps.append(Step(f"bench:{name}", "bench", name, deps=(f"train:{name}",),
-                                  settings=_settings(r.bench),
+                                  settings=_settings(r.bench, "bench"),
                                   outputs=(self.bench_file(name),)))
         from .experiment_page import PAGE_VERSION
 
@@ -370,8 +371,19 @@ def fingerprint(step: Step, fps: dict[str, str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _settings(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k not in OPERATIONAL}
+def _settings(values: dict[str, Any], section: str) -> dict[str, Any]:
+    """The settings that make a step's result: not the operational ones, and not those left at
+    the stage's default (so a new stage option, added at its default, changes nothing)."""
+    from .recipe import section_settings
+
+    defaults = {k: v.default for k, v in section_settings()[section].items()}
+
+    def same(a: Any, b: Any) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True,
+                                                                        default=str)
+
+    return {k: v for k, v in values.items()
+            if k not in OPERATIONAL and not (k in defaults and same(v, defaults[k]))}
 
 
 def _is_source(data: str) -> bool:

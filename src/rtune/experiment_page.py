@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from .experiment import Experiment
 
 PAGE_VERSION = "1"
-WEAK_MODEL = ("the embedded SmolLM2-135M-Instruct",
-              "local", "llamacpp")
+EMBEDDED_SPECS = ("local", "llamacpp")  # the 135M model shipped with rtune
+EMBEDDED = "the embedded SmolLM2-135M-Instruct"
 
 
 def write_page(exp: Experiment) -> dict[str, Path]:
@@ -133,18 +133,19 @@ def _cases() -> dict[str, str]:
 def _notes(r: Any) -> list[str]:
     """Plain warnings where a weak model makes a number meaningless."""
     notes = []
-    if r.judge_model.spec in WEAK_MODEL[1:]:
-        notes.append(f"The judge is {WEAK_MODEL[0]}: far too weak to judge answers. The W/T/L "
+    if r.judge_model.spec in EMBEDDED_SPECS:
+        notes.append(f"The judge is {EMBEDDED}: far too weak to judge answers. The W/T/L "
                      "numbers below show that the pipeline runs end to end, not which arm is "
                      "better. Use a strong judge (models.judge: an endpoint and model) for "
                      "results.")
-    if r.oracle.spec in WEAK_MODEL[1:]:
-        notes.append(f"The oracle is {WEAK_MODEL[0]}: it follows the reflection format only "
+    if r.oracle.spec in EMBEDDED_SPECS:
+        notes.append(f"The oracle is {EMBEDDED}: it follows the reflection format only "
                      "part of the time; the rest falls back to the original text (see the "
                      "records page for each reason). Real recycling needs a strong oracle.")
-    if r.base_model.spec in WEAK_MODEL[1:]:
-        notes.append("Each arm trains for the few steps the recipe allows: the loss curves and "
-                     "answers show the mechanics, not the effect of the data.")
+    steps = [a.train.max_steps for a in r.arms.values()]
+    if all(0 < n <= 50 for n in steps):
+        notes.append(f"Each arm trains for at most {max(steps)} optimizer steps: the loss curves "
+                     "and answers show the mechanics, not the effect of the data.")
     return notes
 
 

@@ -102,8 +102,9 @@ def run_score(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Result
 
 def run_select(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Result:
     from .io import write_records
+    from .score_config import NAMESPACE as SCORES_NAMESPACE
+    from .score_config import SCORE_FIELDS, score_key
     from .select import NAMESPACE, select, write_selection
-    from .stats import SCORE_FIELDS
     from .store import RunStore
 
     r = exp.recipe
@@ -111,7 +112,7 @@ def run_select(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Resul
         store.db.execute("DELETE FROM items WHERE ns = ?", (NAMESPACE,))
     sel = select(exp.run_dir, **r.select)
     with RunStore(exp.run_dir) as store:
-        scores = dict(store.items("scores"))
+        scores = dict(store.items(SCORES_NAMESPACE))
         written: dict[str, dict[str, Any]] = {}
         for arm in r.arms:
             data = r.arms[arm].data
@@ -124,7 +125,7 @@ def run_select(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Resul
                 kind = "orig" if data == "original" else data
                 recs = []
                 for rec in store.candidates(kind):
-                    s = scores.get(f"{rec.source_index}:{rec.kind}") or {}
+                    s = scores.get(score_key(rec.source_index, rec.kind)) or {}
                     rec.extra = {**rec.extra, **{k: s[k] for k in SCORE_FIELDS if k in s}}
                     recs.append(rec)
                 n = write_records(recs, path)

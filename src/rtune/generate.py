@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InputError
-from .io import atomic_output
+from .io import write_text_atomic
 from .oracle import (
     Engine,
     EngineConfig,
@@ -193,14 +193,9 @@ def export_alpaca_eval(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
     dataset}."""
     items = [{"instruction": r["instruction"], "output": r["output"],
               "generator": r["generator"], "dataset": r["test_set"]} for r in rows]
-    _atomic_write(Path(path), json.dumps(items, ensure_ascii=False, indent=2) + "\n")
+    write_text_atomic(Path(path), json.dumps(items, ensure_ascii=False, indent=2) + "\n")
     return len(items)
 
 
 def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    with atomic_output(path) as f:
-        f.write(text)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -380,6 +380,12 @@ def atomic_output(path: str | os.PathLike) -> Iterator[IO[str]]:
         raise
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (see :func:`atomic_output`)."""
+    with atomic_output(path) as f:
+        f.write(text)
+
+
 def input_output_format(path: str | os.PathLike) -> str:
     """The output format matching an input file (``--format input``)."""
     fmt = detect_format(path)

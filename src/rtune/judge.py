@@ -17,8 +17,8 @@ from typing import Any
 
 from .errors import ConfigError, InputError
 from .extras import missing
-from .generate import EndpointOptions, _atomic_write, make_engine
-from .io import json_items
+from .generate import EndpointOptions, make_engine
+from .io import json_items, write_text_atomic
 from .judge_parse import Outcome, Scores, outcome, parse_scores, summarize
 from .oracle import PermanentError, TransientError, require_backend
 from .oracle.base import ChatRequest
@@ -297,9 +297,9 @@ def write_results(results: dict[str, Any], rows: list[dict[str, Any]],
     if missing("report") is None:  # the chart needs matplotlib (the report extra)
         paths["chart"] = str(out / "wtl.png")
     results["files"] = paths
-    _atomic_write(Path(paths["results"]), json.dumps(results, indent=2, ensure_ascii=False)
+    write_text_atomic(Path(paths["results"]), json.dumps(results, indent=2, ensure_ascii=False)
                   + "\n")
-    _atomic_write(Path(paths["questions"]),
+    write_text_atomic(Path(paths["questions"]),
                   "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     if "chart" in paths:
         wtl_chart(results, paths["chart"])

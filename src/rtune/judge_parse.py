@@ -181,7 +181,7 @@ def compare(first: float, second: float) -> str:
 
 
 def outcome(forward: Scores, reverse: Scores) -> Outcome:
-    """Side A's result for one question (DESIGN.md §5).
+    """Side A's result for one question.
 
     ``forward``: scores with A as assistant 1 and B as assistant 2; ``reverse``: the judgment
     with the answers swapped (B first, A second), scores as the judge wrote them.

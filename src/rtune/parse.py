@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from .linear import atomic as _atomic
 
@@ -130,11 +130,16 @@ def _decor_len(text: str, pos: int) -> int:
 
 
 class _Reversed:
-    """The reply read backwards: index ``i`` here is the character before text position ``n - i``."""
+    """The reply read backwards: index ``i`` here is the character before text position ``n - i``
+    (reversed on first use)."""
 
     def __init__(self, text: str):
         self.n = len(text)
-        self.rev = text[::-1]
+        self.text = text
+
+    @cached_property
+    def rev(self) -> str:
+        return self.text[::-1]
 
     def run(self, pattern: re.Pattern[str], i: int) -> int:
         return pattern.match(self.rev, i).end()
@@ -161,6 +166,8 @@ class _Reversed:
 def _line_marker_start(text: str, back: _Reversed, s: int, floor: int) -> int | None:
     """The first line start L >= ``floor`` from which a line marker reaches its label at ``s``
     (the blanks, list mark and decoration before a label may span lines)."""
+    if s == 0 or (text[s - 1] == "\n" and not _may_extend(text, s - 2)):
+        return s if s >= floor else None
     n, i = back.n, back.n - s
     a = back.run(_BLANKS, i)
     newline = text.find("\n", max(s - (a - i), floor - 1), s) if a > i else -1
@@ -177,6 +184,12 @@ def _line_marker_start(text: str, back: _Reversed, s: int, floor: int) -> int | 
             c = back.run(_BLANKS, b)
             starts += [back.line_start(b), back.numbered(c, c > b)]
     return min((x for x in starts if x is not None and x >= floor), default=None)
+
+
+def _may_extend(text: str, pos: int) -> bool:
+    """Whether a marker's head may reach back past ``pos``: the reply's start, a blank, or a
+    character that can end a list mark or a decoration."""
+    return pos < 0 or text[pos].isspace() or text[pos] in ">*_`.)#-+"
 
 
 def _line_marker_end(text: str, e: int) -> int:
@@ -203,18 +216,20 @@ def _line_marker_end(text: str, e: int) -> int:
 def _markers(hay: str, labels: tuple[str, ...], flags: int) -> list[tuple[int, int, str]]:
     """(start, end, label) of every marker, in order; ``hay`` as :func:`_haystack` gives it."""
     found = []
-    back: _Reversed | None = None
+    back = _Reversed(hay)
     for label in labels:
         pats = _patterns(label, flags)
-        candidates = sorted([(True, m) for m in pats.bracketed.finditer(hay)]
-                            + [(False, m) for m in pats.line.finditer(hay)],
-                            key=lambda c: c[1].start())
+        bracketed = list(pats.bracketed.finditer(hay))
+        candidates = list(pats.line.finditer(hay))
+        if bracketed and candidates:
+            candidates = sorted(bracketed + candidates, key=lambda m: m.start())
+        elif bracketed:
+            candidates = bracketed
         floor = 0  # a marker starts where the previous one of its label ended, or later
-        for bracketed, m in candidates:
-            if bracketed:
+        for m in candidates:
+            if m.re is pats.bracketed:
                 start, end = m.span()
             else:
-                back = back or _Reversed(hay)
                 start = _line_marker_start(hay, back, m.start(), floor)
                 if start is None:
                     continue
@@ -230,6 +245,8 @@ def _markers(hay: str, labels: tuple[str, ...], flags: int) -> list[tuple[int, i
 def _end_of_section(section: str, pats: _Patterns) -> int | None:
     """Where ``[End]`` or an ``End`` line starts in ``section``, or None."""
     bracketed = pats.end_bracketed.search(section)
+    if bracketed is not None and bracketed.start() == 0:
+        return 0
     for m in pats.end_word.finditer(section):  # at most one per line
         p = m.start()
         if bracketed is not None and bracketed.start() < p:

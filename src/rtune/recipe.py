@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,7 @@ class Recipe:
     problems: list[str] = field(default_factory=list)  # missing files (dry-run only)
 
 
+@functools.lru_cache(maxsize=1)
 def section_settings() -> dict[str, dict[str, Setting]]:
     """Each step section's settings: names, types and defaults from the stage itself."""
     from .bench import bench

@@ -25,6 +25,7 @@ from .io import read_records, write_records
 from .linear import off_loop
 from .oracle import Engine, EngineConfig, PermanentError, TransientError, make_backend
 from .oracle.base import Backend, ChatRequest
+from .oracle.deferred import Deferred
 from .oracle.pricing import Prices
 from .parse import parse_sections
 from .progress import RunProgress
@@ -138,6 +139,8 @@ class Recycler:
                                    **self._variables(source, stage))
         try:
             raws, parsed = await self._ask(messages, prompt, stage)
+        except Deferred:  # batch and export modes: the reply comes in a later round
+            return None
         except (TransientError, PermanentError) as e:
             if isinstance(e, PermanentError) and e.reason == "context_length" and not cut_note:
                 half = dataclasses.replace(source, output=source.output[: len(source.output) // 2])
@@ -146,6 +149,8 @@ class Recycler:
                 cut_note = "answer cut in half after a context-length error"
                 try:
                     raws, parsed = await self._ask(messages, prompt, stage)
+                except Deferred:
+                    return None
                 except (TransientError, PermanentError) as e2:
                     return self._failed(base, stage, e2)
             else:
@@ -261,7 +266,7 @@ class Recycler:
         return cand
 
     async def _reflection_format(self, base: Record) -> Record | None:
-        from . import reflection  # the Reflection 70B format stage (issue 7)
+        from . import reflection  # the Reflection 70B format stage
 
         done = self.store.get_candidate(base.source_index, "reflection")
         if done is not None:
@@ -273,6 +278,8 @@ class Recycler:
                 self.engine, source, prompt, self.config.model_name,
                 with_example=self.config.use_example, reask=self.config.reask,
                 request_for=self._request)
+        except Deferred:
+            return None
         except (TransientError, PermanentError) as e:
             return self._failed(base, "reflection-format", e)
         if cut_note:

@@ -13,12 +13,17 @@ DEFAULT_STAGES = ("instruction", "response", "both")
 # the candidate kind each stage produces
 STAGE_KIND = {"compress": "compress", "instruction": "ins", "response": "res", "both": "both",
               "reflection-format": "reflection"}
+# online: calls as they go; batch: the OpenAI Batch API; export/import: batch-format files
+# for an offline engine (vLLM's batch runner, Ray Data) and their results
+MODES = ("online", "batch", "export", "import")
 
 
 @dataclass
 class RecycleConfig:
     stages: tuple[str, ...] = DEFAULT_STAGES
     oracle: str = "local"  # local | local:/path | llamacpp | http(s)://host/v1
+    replicas: tuple[str, ...] = ()  # more base URLs serving the same model: one window
+    mode: str = "online"
     model: str | None = None  # the served model name (required for HTTP oracles)
     api_key_env: str = "OPENAI_API_KEY"
     prompts_dir: str | None = None
@@ -55,12 +60,32 @@ class RecycleConfig:
         self.stages = stages
         if self.oracle.startswith(("http://", "https://")) and not self.model:
             raise ConfigError("--model is required with an HTTP oracle (the served model name)")
+        self._check_mode()
         check_settings(concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm,
                        timeout=self.timeout, max_retries=self.max_retries,
                        batch_size=self.batch_size, max_tokens=self.max_tokens,
                        context_length=self.context_length)
         if self.reask < 0:
             raise ConfigError(f"--reask must be 0 or more (got {self.reask})")
+
+    def _check_mode(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode {self.mode!r}: choose from {', '.join(MODES)}")
+        http = self.oracle.startswith(("http://", "https://"))
+        self.replicas = tuple(self.replicas)
+        if self.replicas and not (http and all(r.startswith(("http://", "https://"))
+                                               for r in self.replicas)):
+            raise ConfigError("several --oracle values are replicas of one served model: "
+                              "give each as an http(s):// base URL")
+        if self.replicas and self.mode not in ("online",):
+            raise ConfigError(f"--mode {self.mode} takes one --oracle (replicas serve the "
+                              "online mode)")
+        if self.mode == "batch" and not http:
+            raise ConfigError("--mode batch sends the requests to an OpenAI Batch API: give "
+                              "its --oracle base URL, e.g. https://api.openai.com/v1")
+        if self.mode in ("export", "import") and not self.model:
+            raise ConfigError(f"--mode {self.mode} needs --model: the model name the batch "
+                              "engine serves (it goes into every request line)")
 
     @property
     def model_name(self) -> str:
@@ -72,10 +97,11 @@ class RecycleConfig:
     def use_example(self) -> bool:
         if self.with_example is not None:
             return self.with_example
-        return not self.oracle.startswith(("http://", "https://"))
+        return not self.oracle.startswith(("http://", "https://")) and self.mode == "online"
 
     def public(self) -> dict[str, Any]:
         """What is safe to store in the run: everything here (no secrets, only env names)."""
         d = asdict(self)
         d["stages"] = list(self.stages)
+        d["replicas"] = list(self.replicas)
         return d

@@ -374,36 +374,19 @@ async def reflection_candidate(
 
 MODES = ("format", "loop")
 _VERDICT = re.compile(r"verdict\W{0,6}(correct|revise)", re.IGNORECASE)
-_QUESTION_KEYS = ("question", "prompt", "instruction", "text", "query", "conversations", "turns")
 
 
-def question_text(item: str | dict[str, Any], where: str = "questions") -> str:
-    """The question of one input item: a string, or a dict with question / prompt /
-    instruction (+ input) / text / conversations / turns (any key case)."""
+def question_text(item: str | dict[str, Any], where: str = "questions", index: int = 0) -> str:
+    """The question of one input item: a string, or a test-set record (see
+    :func:`rtune.testsets.question_of`)."""
     from .errors import InputError
+    from .testsets import question_of
 
     if isinstance(item, str):
         return item
     if not isinstance(item, dict):
         raise InputError(where, f"expected a string or an object, got {type(item).__name__}")
-    lower = {str(k).lower(): v for k, v in item.items()}
-    for key in _QUESTION_KEYS:
-        value = lower.get(key)
-        if isinstance(value, list) and value:  # conversations / turns: the first turn
-            first = value[0]
-            value = (first.get("value") or first.get("content")) if isinstance(
-                first, dict) else first
-        if isinstance(value, str) and value.strip():
-            extra = lower.get("input")
-            instances = lower.get("instances")  # Self-Instruct test set: the first instance
-            if not extra and isinstance(instances, list) and instances and isinstance(
-                    instances[0], dict):
-                extra = instances[0].get("input")
-            if key == "instruction" and isinstance(extra, str) and extra.strip():
-                return f"{value}\n\n{extra}"
-            return value
-    raise InputError(where, "no question text (expected one of the keys "
-                     + ", ".join(_QUESTION_KEYS) + ")", field="question")
+    return question_of(item, path=where, line=None, record=index)
 
 
 def parse_verdict(critique: str) -> str | None:
@@ -531,10 +514,12 @@ class Reflector:
 
 
 def _items(questions: Iterable[str | dict[str, Any]]) -> list[tuple[int, str, str]]:
+    from .testsets import question_id
+
     items = []
     for i, q in enumerate(questions):
-        qid = str(q.get("id", q.get("question_id", i))) if isinstance(q, dict) else str(i)
-        items.append((i, qid, question_text(q, f"questions, item {i}")))
+        qid = question_id(q, i) if isinstance(q, dict) else str(i)
+        items.append((i, qid, question_text(q, "questions", i)))
     return items
 
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import json
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .io import write_text_atomic
 from .records import Record
 from .report_assets import PAGE
 from .report_figures import all_figures
-from .stats import DEFAULT_COHERENCE_SAMPLE, SCORE_FIELDS, Input, Stats, gather
+from .score_config import SUMMARY_FIELDS, score_key
+from .stats import DEFAULT_COHERENCE_SAMPLE, Input, Stats, gather
 
 CHUNK_ROWS = 200
 ALIGN_MODES = ("auto", "id", "output", "position")
@@ -67,7 +68,7 @@ def write_report(stats: Stats, out_dir: str | Path, *,
     (out / "figures").mkdir(parents=True, exist_ok=True)
     stats_dict = stats.to_dict()
     stats_path = out / "stats.json"
-    _write_text(stats_path, json.dumps(stats_dict, indent=2, ensure_ascii=False))
+    write_text_atomic(stats_path, json.dumps(stats_dict, indent=2, ensure_ascii=False))
 
     figures = all_figures(stats)
     fig_paths = []
@@ -86,7 +87,7 @@ def write_report(stats: Stats, out_dir: str | Path, *,
     if not inline:
         data_dir.mkdir(exist_ok=True)
         for n, c in enumerate(chunks):
-            _write_text(data_dir / f"chunk-{n}.js", f"window.rtuneChunk({n}, {c});\n")
+            write_text_atomic(data_dir / f"chunk-{n}.js", f"window.rtuneChunk({n}, {c});\n")
 
     import jinja2
 
@@ -99,7 +100,7 @@ def write_report(stats: Stats, out_dir: str | Path, *,
         figures=[{"name": n, "caption": CAPTIONS[n], "b64": base64.b64encode(p).decode()}
                  for n, p in figures.items()])
     index_path = out / "index.html"
-    _write_text(index_path, page)
+    write_text_atomic(index_path, page)
     return ReportResult(out, index_path, stats_path, fig_paths, len(rows),
                         0 if inline else len(chunks), stats)
 
@@ -114,12 +115,6 @@ def _safe_json(obj: Any) -> str:
     """JSON that can sit inside a <script> element (no '<', '>' or '&' characters)."""
     s = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
     return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- browser data
@@ -187,7 +182,7 @@ def _run_rows(inp: Input, coh: dict) -> tuple[dict[str, Any], list[dict[str, Any
             rec = run.record(idx, kind)
             if rec is None:
                 continue
-            sc = {k: run.scores.get(f"{idx}:{kind}", {}).get(k) for k in SCORE_FIELDS}
+            sc = {k: run.scores.get(score_key(idx, kind), {}).get(k) for k in SUMMARY_FIELDS}
             sc = {k: v for k, v in sc.items() if v is not None}
             c = coh.get((inp.name, kind, idx))
             if c is not None:

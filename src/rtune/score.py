@@ -1,4 +1,5 @@
-"""Student-model scoring: IFD and r-IFD (DESIGN §3), batched and resumable.
+"""Student-model scoring, batched and resumable: IFD = ppl(y | p(x)) / ppl(y) and
+r-IFD = ppl(x | p(r(y))) / ppl(x), with the mean cross-entropy over the target tokens only.
 
 For a candidate (x, y) the student gives four mean token losses (perplexity = exp(loss)):
 
@@ -32,18 +33,12 @@ from typing import Any
 from .distributed import process, wait_for_everyone
 from .errors import ConfigError, InputError
 from .records import Record
-from .score_config import SCORE_PROMPTS, ScoreConfig
+from .score_config import NAMESPACE, SCORE_PROMPTS, ScoreConfig, score_key
 from .store import RunStore
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "scores"
 PASSES = ("Q_direct", "A_direct", "Q_condition", "A_condition")
-SCORE_FIELDS = (
-    "ppl_Q_direct", "ppl_A_direct", "ppl_Q_condition", "ppl_A_condition",
-    "loss_Q_direct", "loss_A_direct", "loss_Q_condition", "loss_A_condition",
-    "ifd_ppl", "rifd_ppl", "ifd_loss", "rifd_loss",
-)
 Progress = Callable[[int, int], None]  # (done, total)
 # a batch is closed before padding would exceed this many times its real tokens (padding is
 # computed like real tokens; on a CPU a smaller batch costs little)
@@ -51,8 +46,8 @@ PAD_LIMIT = 1.15
 MEMO_SIZE = 1_000_000  # losses of distinct sequences kept for reuse (~150 bytes each)
 
 
-def score_key(rec: Record) -> str:
-    return f"{rec.source_index}:{rec.kind}"
+def record_key(rec: Record) -> str:
+    return score_key(rec.source_index, rec.kind)
 
 
 @dataclass
@@ -418,7 +413,7 @@ def score_file(path: str | os.PathLike, config: ScoreConfig, output: str | os.Pa
     if limit is not None and limit < 1:
         raise ConfigError("--limit must be >= 1")
     records = list(itertools.islice(read_records(path, format=input_format), limit))
-    keys = [score_key(r) for r in records]
+    keys = [record_key(r) for r in records]
     if len(set(keys)) != len(keys):
         raise InputError(str(path), "two records share a source_index and kind")
     output = Path(output)
@@ -463,7 +458,7 @@ def scored_rows(records: Iterable[Record], scores: dict[str, Any]) -> Iterator[d
     for rec in records:
         row = rec.to_dict()
         extra = row.pop("extra", {})
-        yield {**row, **extra, **(scores.get(score_key(rec)) or {})}
+        yield {**row, **extra, **(scores.get(record_key(rec)) or {})}
 
 
 # ---------------------------------------------------------------------- internals
@@ -488,7 +483,7 @@ def _store_scores(store: RunStore, records: list[Record], config: ScoreConfig, *
     # as the others store results), so shares never overlap or leave gaps; a source's
     # candidates stay together, as they share sequences that run once
     pending = [r for r in records if r.source_index % world == rank
-               and (config.force or score_key(r) not in existing)]
+               and (config.force or record_key(r) not in existing)]
     total = len(pending)
     if progress:
         progress(0, total)
@@ -500,7 +495,7 @@ def _store_scores(store: RunStore, records: list[Record], config: ScoreConfig, *
     started = time.perf_counter()
     done = 0
     for chunk in scorer.iter_chunks(pending):
-        store.put_items(NAMESPACE, [(score_key(pending[i]), s) for i, s in chunk])
+        store.put_items(NAMESPACE, [(record_key(pending[i]), s) for i, s in chunk])
         done += len(chunk)
         if progress:
             progress(done, total)
@@ -521,7 +516,7 @@ def _summary(store: RunStore, records: list[Record], seconds: float,
     by_kind: dict[str, dict[str, Any]] = {}
     reasons: dict[str, int] = {}
     for rec in records:
-        s = scores.get(score_key(rec))
+        s = scores.get(record_key(rec))
         k = by_kind.setdefault(rec.kind, {"n": 0, "scored": 0, "ifd": [], "rifd": [],
                                           "truncated": 0})
         k["n"] += 1

@@ -1,4 +1,4 @@
-"""Settings of ``rtune score`` (student-model IFD / r-IFD scoring, DESIGN §3)."""
+"""Settings of ``rtune score`` (student-model IFD / r-IFD scoring)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,29 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+
+NAMESPACE = "scores"  # the run store's items namespace holding one score row per candidate
+# every field of a score row: the four passes' perplexities and mean losses, and the ratios
+SCORE_FIELDS = (
+    "ppl_Q_direct", "ppl_A_direct", "ppl_Q_condition", "ppl_A_condition",
+    "loss_Q_direct", "loss_A_direct", "loss_Q_condition", "loss_A_condition",
+    "ifd_ppl", "rifd_ppl", "ifd_loss", "rifd_loss",
+)
+# the fields statistics and the report summarise (the ratios and the perplexities)
+SUMMARY_FIELDS = ("ifd_ppl", "rifd_ppl", "ifd_loss", "rifd_loss", "ppl_A_direct",
+                  "ppl_A_condition", "ppl_Q_direct", "ppl_Q_condition")
+
+
+def score_key(source_index: int, kind: str) -> str:
+    """The key of a candidate's score row in the run store."""
+    return f"{source_index}:{kind}"
+
+
+def parse_score_key(key: str) -> tuple[int, str]:
+    """``(source_index, kind)`` of a :func:`score_key`."""
+    idx, _, kind = key.partition(":")
+    return int(idx), kind
+
 
 # The authors' student prompts (Selective Reflection-Tuning scoring code): (no input, with input).
 SCORE_PROMPTS: dict[str, tuple[str, str]] = {

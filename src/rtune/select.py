@@ -2,7 +2,7 @@
 
 Policies:
 
-- ``selective`` (Selective Reflection-Tuning, DESIGN §3), per source with candidates orig, ins,
+- ``selective`` (Selective Reflection-Tuning), per source with candidates orig, ins,
   res, both:
   1. IFD(ins) > IFD(orig) and r-IFD(both) < r-IFD(ins): keep ``both`` when its IFD and r-IFD
      are both below the thresholds (default 1), else drop;
@@ -28,6 +28,8 @@ from typing import Any
 
 from .errors import ConfigError, InputError
 from .records import Record
+from .score_config import NAMESPACE as SCORES_NAMESPACE
+from .score_config import parse_score_key
 from .store import STORE_NAME, RunStore
 from .text import repair_value
 
@@ -197,7 +199,7 @@ def load_table(source: str | os.PathLike | Iterable[Mapping[str, Any]]
         if (path / STORE_NAME).is_file():
             with RunStore(path, create=False) as st:
                 records = {(r.source_index, r.kind): r for r in st.candidates()}
-                scores = {_parse_key(k): v for k, v in st.items("scores")}
+                scores = {parse_score_key(k): v for k, v in st.items(SCORES_NAMESPACE)}
             if not scores:
                 raise ConfigError(f"{path}: no scores in this run yet: run rtune score first")
             return records, scores, path
@@ -268,11 +270,6 @@ def _cherry(by_source: dict[int, dict[str, dict[str, Any] | None]], *, top: floa
 def _kind_order(kind: str) -> int:
     order = ("orig", "compress", "ins", "res", "both", "reflection")
     return order.index(kind) if kind in order else len(order)
-
-
-def _parse_key(key: str) -> Key:
-    idx, _, kind = key.partition(":")
-    return int(idx), kind
 
 
 def _rows_table(rows: Iterable[Mapping[str, Any]], where: str

@@ -19,13 +19,13 @@ from typing import Any
 from .errors import InputError
 from .io import read_records
 from .records import KINDS, Record
+from .score_config import NAMESPACE as SCORES_NAMESPACE
+from .score_config import SUMMARY_FIELDS, score_key
 from .store import STORE_NAME, RunStore
 
 log = logging.getLogger(__name__)
 
 RUN_KINDS = ("orig", "ins", "res", "both")  # always looked for; other kinds shown when present
-SCORE_FIELDS = ("ifd_ppl", "rifd_ppl", "ifd_loss", "rifd_loss", "ppl_A_direct",
-                "ppl_A_condition", "ppl_Q_direct", "ppl_Q_condition")
 DEFAULT_COHERENCE_SAMPLE = 500
 
 
@@ -93,7 +93,7 @@ def load_input(path: str | Path, name: str | None = None) -> Input:
     if not records:
         raise InputError(str(path), "no valid records" +
                          (f" ({len(invalid)} invalid; first: {invalid[0]})" if invalid else ""))
-    scores = [{k: rec.extra[k] for k in SCORE_FIELDS if k in rec.extra} for rec in records]
+    scores = [{k: rec.extra[k] for k in SUMMARY_FIELDS if k in rec.extra} for rec in records]
     return Input(name, path, [Group(name, "all", records, scores)], invalid=len(invalid))
 
 
@@ -103,7 +103,7 @@ def _load_run(path: Path, name: str) -> Input:
         order = {k: n for n, k in enumerate(KINDS)}
         kinds = sorted(present | set(RUN_KINDS), key=lambda k: (order.get(k, len(order)), k))
         candidates = {k: {r.source_index: r for r in store.candidates(k)} for k in kinds}
-        scores = dict(store.items("scores"))
+        scores = dict(store.items(SCORES_NAMESPACE))
         selection = {int(k): v for k, v in store.items("selection")}
         run = RunData(candidates, scores, selection, store.call_totals(),
                       store.failure_counts(), store.invalid())
@@ -112,7 +112,7 @@ def _load_run(path: Path, name: str) -> Input:
         recs = run.candidates[kind]
         ordered = [recs[i] for i in sorted(recs)]
         groups.append(Group(name, kind, ordered,
-                            [scores.get(f"{r.source_index}:{kind}", {}) for r in ordered]))
+                            [scores.get(score_key(r.source_index, kind), {}) for r in ordered]))
     kept = [(i, k) for i, d in sorted(selection.items()) for k in kept_kinds(d)]
     sel = [(run.record(i, k), scores.get(f"{i}:{k}", {})) for i, k in kept]
     sel = [(r, s) for r, s in sel if r is not None]
@@ -226,7 +226,7 @@ class GroupStats:
                              "instruction_len": summary(self.instruction_len),
                              "response_len": summary(self.response_len),
                              "coherence": summary([c for c in self.coherence if c is not None])}
-        for f in SCORE_FIELDS:
+        for f in SUMMARY_FIELDS:
             s = summary([sc[f] for sc in self.group.scores if sc.get(f) is not None])
             if s:
                 d[f] = s

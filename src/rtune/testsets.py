@@ -18,7 +18,9 @@ from .errors import InputError
 from .io import json_items
 
 _ID_FIELDS = ("question_id", "id", "idx")
-_QUESTION_FIELDS = ("text", "prompt", "Instruction", "instruction", "question", "conversations")
+# looked up in this order, in any letter case (WizardLM writes "Instruction")
+_QUESTION_FIELDS = ("text", "prompt", "instruction", "question", "query", "conversations",
+                    "turns")
 _NAME_SUFFIX = re.compile(r"([._-](test[._-]?set|testset|test|questions?|prompts?))+$",
                           re.IGNORECASE)
 
@@ -58,11 +60,12 @@ def question_of(item: dict[str, Any], *, path: str, line: int | None,
     def bad(message: str, field: str | None) -> InputError:
         return InputError(path, message, line=line, record=record, field=field)
 
+    present = {str(k).lower(): k for k in item}
     for name in _QUESTION_FIELDS:
-        if name not in item:
+        if name not in present:
             continue
-        value = item[name]
-        if name == "conversations":
+        value = item[present[name]]
+        if name in ("conversations", "turns"):
             value = _first_user_turn(value, bad)
         elif not isinstance(value, str):
             raise bad(f"expected a string, got {type(value).__name__}", name)
@@ -74,6 +77,11 @@ def question_of(item: dict[str, Any], *, path: str, line: int | None,
     raise bad("no question field: expected one of " + ", ".join(_QUESTION_FIELDS)
               + " (Vicuna text, Koala prompt, WizardLM Instruction, Self-Instruct instruction"
               " + instances, LIMA conversations, Alpaca instruction)", None)
+
+
+def question_id(item: dict[str, Any], index: int) -> str:
+    """A record's question id (question_id, id or idx), else its position in the file."""
+    return next((str(item[f]) for f in _ID_FIELDS if item.get(f) is not None), str(index))
 
 
 def _first_user_turn(value: Any, bad) -> str:
@@ -120,7 +128,7 @@ def load_test_set(path: str | Path, *, name: str | None = None) -> list[Question
             raise InputError(str(p), f"expected a JSON object, got {type(item).__name__}",
                              line=line, record=index)
         text = question_of(item, path=str(p), line=line, record=index)
-        qid = next((str(item[f]) for f in _ID_FIELDS if item.get(f) is not None), str(index))
+        qid = question_id(item, index)
         if qid in seen:
             raise InputError(str(p), f"duplicate question id {qid!r} (first at record "
                              f"{seen[qid]})", line=line, record=index, field="id")

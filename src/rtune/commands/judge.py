@@ -1,6 +1,6 @@
 """Pairwise judging of two models' answers (the AlpaGasus / Cherry_LLM / Reflection-Tuning
 protocol): the judge rates both answers 1-10, each pair is judged in both orders, and per
-question side A wins, ties or loses (DESIGN.md §5). Writes results.json (W/T/L per test set
+question side A wins, ties or loses (both orders: better in both, or better in one and equal in the other, wins). Writes results.json (W/T/L per test set
 and overall, win-rate score (W-L)/N+1 with a bootstrap 95% interval, judge model, prompt
 version, failure counts), questions.jsonl and a stacked bar chart wtl.png to -o.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..text import repair_value
+from ..io import json_items
 from ._common import add_oracle_arguments
 
 HELP = "answer questions with <thinking>/<reflection>/<output> (format or self-reflection loop)"
@@ -55,25 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def read_questions(path: Path) -> list[Any]:
     """Questions from a JSON list, JSON lines, or a text file (one question a line)."""
-    text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".txt":
+        text = path.read_text(encoding="utf-8-sig")
         return [line.strip() for line in text.splitlines() if line.strip()]
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(str(path), f"not valid JSON: {e.msg}", line=e.lineno) from None
-        return repair_value(data)[0]
-    items = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            items.append(repair_value(json.loads(line))[0])
-        except json.JSONDecodeError as e:
-            raise InputError(str(path), f"not valid JSON: {e.msg}", line=n) from None
-    return items
+    return [item for _, _, item in json_items(path)]
 
 
 def answer_row(result: dict[str, Any]) -> dict[str, Any]:

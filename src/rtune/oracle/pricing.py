@@ -18,6 +18,8 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4-turbo": (10.00, 30.00),
     "gpt-4": (30.00, 60.00),
 }
+# the OpenAI Batch API bills every token at half the online price
+BATCH_DISCOUNT = 0.5
 
 
 class Prices:
@@ -49,6 +51,6 @@ class Prices:
         best = max((name for name in self.table if model.startswith(name)), key=len, default=None)
         return self.table[best] if best else (0.0, 0.0)
 
-    def cost(self, model: str, tokens_in: int, tokens_out: int) -> float:
+    def cost(self, model: str, tokens_in: int, tokens_out: int, *, batch: bool = False) -> float:
         pin, pout = self.lookup(model)
-        return (tokens_in * pin + tokens_out * pout) / 1e6
+        return (tokens_in * pin + tokens_out * pout) / 1e6 * (BATCH_DISCOUNT if batch else 1.0)

@@ -1,0 +1,248 @@
+"""The batch ledger: the run store's record of oracle requests that wait for a batch result,
+and of the batches (exported rounds, OpenAI batches) they went out in.
+
+A request is keyed by its request key, the same key the store's call cache uses, which is
+the ``custom_id`` of its batch line, so a result finds its call and a key the run never made
+is recognised. States: ``pending`` (made, not sent), ``out`` (in a written round or an
+submitted batch), ``done`` (its reply is in ``calls``; the body is dropped, ``calls`` keeps
+it), ``failed`` (an error line no resubmission will fix, or resubmissions used up). The
+tables live in the same SQLite file and commit with the calls they fill, so a crash at any
+point leaves them consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from .store import RunStore
+from .text import repair_text
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch_requests(
+    key TEXT PRIMARY KEY, stage TEXT, round INTEGER NOT NULL, state TEXT NOT NULL,
+    batch TEXT, attempts INTEGER NOT NULL DEFAULT 0, reason TEXT, detail TEXT, body TEXT,
+    size INTEGER NOT NULL DEFAULT 0, tokens_in INTEGER NOT NULL DEFAULT 0,
+    max_tokens INTEGER NOT NULL DEFAULT 0, via TEXT, last_error TEXT);
+CREATE INDEX IF NOT EXISTS batch_requests_state ON batch_requests(state, batch);
+CREATE TABLE IF NOT EXISTS batches(
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, api_id TEXT,
+    input_file_id TEXT, output_file_id TEXT, error_file_id TEXT, api_status TEXT,
+    lines INTEGER NOT NULL DEFAULT 0, counts TEXT, expected_cost REAL NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0, reason TEXT, path TEXT, created REAL NOT NULL,
+    updated REAL NOT NULL);
+"""
+_BATCH_FIELDS = {"state", "api_id", "input_file_id", "output_file_id", "error_file_id",
+                 "api_status", "counts", "cost", "reason", "path"}
+_CALL_SQL = ("INSERT OR IGNORE INTO calls(key, model, stage, request, response, finish_reason, "
+             "tokens_in, tokens_out, cost, latency, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+
+
+@dataclass(slots=True)
+class Request:
+    key: str
+    stage: str | None
+    state: str
+    attempts: int
+    reason: str | None
+    detail: str | None
+    batch: str | None
+
+
+@dataclass(slots=True)
+class Reply:
+    """A reply to store as the call of ``key``."""
+
+    key: str
+    model: str
+    text: str
+    finish_reason: str | None
+    tokens_in: int
+    tokens_out: int
+    cost: float
+
+
+class Ledger:
+    """The batch tables of a run store. ``writable``: create them when missing."""
+
+    def __init__(self, store: RunStore, *, writable: bool = True):
+        self.store = store
+        self.db = store.db
+        if writable:
+            self.db.executescript(SCHEMA)
+        self.present = writable or self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'batch_requests'").fetchone() is not None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------ requests
+    def next_round(self) -> int:
+        return (self.db.execute("SELECT MAX(round) FROM batch_requests").fetchone()[0] or 0) + 1
+
+    def get(self, key: str) -> Request | None:
+        row = self.db.execute("SELECT key, stage, state, attempts, reason, detail, batch "
+                              "FROM batch_requests WHERE key = ?", (key,)).fetchone()
+        return Request(*row) if row else None
+
+    def add(self, key: str, stage: str | None, body_json: str, round_: int, *,
+            tokens_in: int, max_tokens: int) -> None:
+        body = repair_text(body_json)[0]
+        self.db.execute(
+            "INSERT OR IGNORE INTO batch_requests(key, stage, round, state, body, size, "
+            "tokens_in, max_tokens) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+            (key, stage, round_, body, len(body.encode()) + 100, tokens_in, max_tokens))
+
+    def bodies(self, *, state: str | None = None,
+               batch: str | None = None) -> Iterator[tuple[str, str, int, int, int]]:
+        """(key, body, size, tokens_in, max_tokens) of the requests in ``state`` or
+        ``batch``, oldest first; read in pages so the caller may write meanwhile."""
+        where, arg = ("state = ?", state) if state else ("batch = ? AND state = 'out'", batch)
+        last = ""
+        while True:
+            rows = self.db.execute(
+                f"SELECT key, body, size, tokens_in, max_tokens FROM batch_requests "
+                f"WHERE {where} AND key > ? ORDER BY key LIMIT 2000", (arg, last)).fetchall()
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1][0]
+
+    def assign(self, keys: Iterable[str], batch: str) -> None:
+        self.db.executemany("UPDATE batch_requests SET state = 'out', batch = ? WHERE key = ?",
+                            ((batch, k) for k in keys))
+
+    def release(self, batch: str) -> int:
+        """Put a batch's unanswered requests back to pending (it never reached the API)."""
+        return self.db.execute("UPDATE batch_requests SET state = 'pending', batch = NULL "
+                               "WHERE batch = ? AND state = 'out'", (batch,)).rowcount
+
+    def reexport(self) -> int:
+        return self.db.execute("UPDATE batch_requests SET state = 'pending' "
+                               "WHERE state = 'out'").rowcount
+
+    def lookup(self, keys: list[str]) -> dict[str, tuple[str, str | None, str | None, int]]:
+        """key -> (state, stage, body, attempts) for the known ones among ``keys``."""
+        out: dict[str, tuple[str, str | None, str | None, int]] = {}
+        for i in range(0, len(keys), 900):
+            part = keys[i:i + 900]
+            marks = ",".join("?" * len(part))
+            for key, state, stage, body, attempts in self.db.execute(
+                    f"SELECT key, state, stage, body, attempts FROM batch_requests "
+                    f"WHERE key IN ({marks})", part):
+                out[key] = (state, stage, body, attempts)
+        return out
+
+    def store_replies(self, replies: list[tuple[Reply, str | None, str]]) -> None:
+        """Each (reply, stage, request body) as a finished call; its request done. Call inside
+        :meth:`transaction`."""
+        now = time.time()
+        self.db.executemany(_CALL_SQL, (
+            (r.key, repair_text(r.model)[0], stage, body, repair_text(r.text)[0],
+             r.finish_reason, r.tokens_in, r.tokens_out, r.cost, None, now)
+            for r, stage, body in replies))
+        self.db.executemany("UPDATE batch_requests SET state = 'done', body = NULL, "
+                            "via = COALESCE(via, 'batch') WHERE key = ?",
+                            ((r.key,) for r, _, _ in replies))
+
+    def fail(self, key: str, stage: str | None, reason: str, detail: str, *,
+             retry: bool, retries: int, line_id: str | None = None) -> str | None:
+        """An unanswered request: back to pending while ``retry`` and resubmissions are left,
+        else failed; the failure is recorded for ``rtune status``. ``line_id`` names the
+        error line: the same line applied twice (a second import) changes nothing. Returns
+        the new state, None when nothing changed."""
+        row = self.db.execute("SELECT attempts, state, last_error FROM batch_requests "
+                              "WHERE key = ?", (key,)).fetchone()
+        if row is None or row[1] == "done" or (line_id is not None and row[2] == line_id):
+            return None
+        attempts = row[0] + 1
+        state = "pending" if retry and attempts <= retries else "failed"
+        self.db.execute("UPDATE batch_requests SET state = ?, attempts = ?, reason = ?, "
+                        "detail = ?, last_error = ?, "
+                        "batch = CASE WHEN ? = 'pending' THEN NULL ELSE batch END "
+                        "WHERE key = ?", (state, attempts, reason, detail, line_id, state, key))
+        self.store.add_failure(key, stage, reason, detail)
+        return state
+
+    def online_done(self, key: str) -> None:
+        self.db.execute("UPDATE batch_requests SET state = 'done', body = NULL, via = 'online' "
+                        "WHERE key = ?", (key,))
+
+    def unanswered(self, batch: str) -> list[tuple[str, str | None]]:
+        return self.db.execute("SELECT key, stage FROM batch_requests WHERE batch = ? AND "
+                               "state = 'out'", (batch,)).fetchall()
+
+    def count(self, state: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM batch_requests WHERE state = ?",
+                               (state,)).fetchone()[0]
+
+    # ------------------------------------------------------------ batches
+    def new_batch(self, batch_id: str, kind: str, *, lines: int, expected_cost: float,
+                  path: str | None = None, state: str = "preparing") -> None:
+        now = time.time()
+        self.db.execute("INSERT INTO batches(id, kind, state, lines, expected_cost, path, "
+                        "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (batch_id, kind, state, lines, expected_cost, path, now, now))
+
+    def update_batch(self, batch_id: str, **fields: Any) -> None:
+        unknown = set(fields) - _BATCH_FIELDS
+        if unknown:
+            raise ValueError(f"unknown batch fields {unknown}")
+        if "counts" in fields and not isinstance(fields["counts"], str | None):
+            fields["counts"] = json.dumps(fields["counts"])
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE batches SET {sets}, updated = ? WHERE id = ?",
+                        (*fields.values(), time.time(), batch_id))
+
+    def batches(self, kind: str | None = None, states: tuple[str, ...] = ()
+                ) -> list[dict[str, Any]]:
+        if not self.present:
+            return []
+        sql, args = "SELECT * FROM batches WHERE 1", []
+        if kind:
+            sql, args = sql + " AND kind = ?", [kind]
+        if states:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args += list(states)
+        cur = self.db.execute(sql + " ORDER BY created, id", args)
+        cols = [c[0] for c in cur.description]
+        rows = [dict(zip(cols, r)) for r in cur]
+        for r in rows:
+            r["counts"] = json.loads(r["counts"]) if r["counts"] else None
+        return rows
+
+    def batch_cost(self, batch: str) -> float:
+        return self.db.execute(
+            "SELECT COALESCE(SUM(c.cost), 0) FROM batch_requests r JOIN calls c ON c.key = r.key "
+            "WHERE r.batch = ? AND r.via = 'batch'", (batch,)).fetchone()[0]
+
+    def summary(self) -> dict[str, Any]:
+        """Requests by state and round, reasons of those not answered, answers by route."""
+        if not self.present:
+            return {}
+        q = self.db.execute
+        states = dict(q("SELECT state, COUNT(*) FROM batch_requests GROUP BY state").fetchall())
+        rounds: dict[str, dict[str, int]] = {}
+        for rnd, stage, n in q("SELECT round, stage, COUNT(*) FROM batch_requests "
+                               "GROUP BY round, stage ORDER BY round, stage"):
+            rounds.setdefault(str(rnd), {})[stage or "?"] = n
+        reasons: dict[str, dict[str, int]] = {}
+        for state, reason, n in q("SELECT state, reason, COUNT(*) FROM batch_requests WHERE "
+                                  "reason IS NOT NULL GROUP BY state, reason"):
+            label = {"pending": "resubmitting", "out": "resubmitted", "done": "repaired",
+                     "failed": "failed"}.get(state, state)
+            reasons.setdefault(label, {})[reason] = n
+        via = dict(q("SELECT via, COUNT(*) FROM batch_requests WHERE via IS NOT NULL "
+                     "GROUP BY via").fetchall())
+        return {"requests": states, "rounds": rounds, "reasons": reasons, "answered_by": via}
