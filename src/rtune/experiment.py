@@ -30,6 +30,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .experiment_info import Digests, model_identity
+from .io import write_text_atomic
 from .recipe import ARM_SOURCES, Recipe
 
 FORMAT = 1
@@ -293,12 +294,8 @@ class Experiment:
         return state if isinstance(state, dict) else {}
 
     def _save(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / STATE_FILE
-        tmp = path.with_name(f".{STATE_FILE}.tmp")
-        tmp.write_text(json.dumps(self.state, indent=2, ensure_ascii=False, default=str) + "\n",
-                       encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(self.out / STATE_FILE, json.dumps(
+            self.state, indent=2, ensure_ascii=False, default=str) + "\n")
         self.digests.save()
 
     def _mark(self, s: Step, status: str, **extra: Any) -> None:

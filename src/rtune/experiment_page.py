@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .experiment_page_html import PAGE
+from .io import write_text_atomic
 
 if TYPE_CHECKING:
     from .experiment import Experiment
@@ -38,9 +39,7 @@ def write_page(exp: Experiment) -> dict[str, Path]:
     steps = exp.state.get("steps", {})
     page = _render(exp, steps, records)
     index = out / "index.html"
-    tmp = index.with_name(".index.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, index)
+    write_text_atomic(index, page)
     return {"page": index, "records": out / "records" / "index.html"}
 
 

@@ -371,7 +371,7 @@ def recycle(input_path: str | Path, run_dir: str | Path, config: RecycleConfig |
     backend = backend or make_backend(config.oracle, model=config.model,
                                       api_key_env=config.api_key_env, timeout=config.timeout,
                                       context_length=config.context_length,
-                                      batch_size=config.batch_size)
+                                      batch_size=config.batch_size, replicas=config.replicas)
     try:
         store = _open_run(run_dir, identity, invalid, force_new)
     except BaseException:
@@ -392,7 +392,11 @@ def recycle(input_path: str | Path, run_dir: str | Path, config: RecycleConfig |
             finally:
                 await backend.aclose()
 
-        asyncio.run(run_all())
+        try:
+            asyncio.run(run_all())
+        finally:
+            if hasattr(backend, "counts"):  # replicas: calls and failures of each
+                store.set_meta("replicas", backend.counts())
         out = None
         if output is not None:
             out = str(output)

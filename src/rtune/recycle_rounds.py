@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,12 +111,13 @@ def request_body(request: ChatRequest) -> str:
 
 class RoundsRun:
     """A run folder opened for the batch modes: input and settings checked as online (same
-    identity, one writer at a time), the ledger ready. ``backend``: the endpoint for calls
-    that go online (``--fallback-online``); None in export/import."""
+    identity, one writer at a time), the ledger ready. ``online`` makes the backend for
+    calls that go online (``--fallback-online``), one per round (each round runs its own
+    event loop); None in export/import."""
 
     def __init__(self, input_path: str | Path, run_dir: str | Path, config: RecycleConfig,
-                 options: BatchOptions | None = None, *, backend: Backend | None = None,
-                 force_new: bool = False):
+                 options: BatchOptions | None = None, *,
+                 online: Callable[[], Backend] | None = None, force_new: bool = False):
         self.input_path = Path(input_path)
         self.config = config
         self.options = options or BatchOptions()
@@ -133,7 +133,7 @@ class RoundsRun:
         except BaseException:
             self.store.close()
             raise
-        self.backend: Backend = backend or _Counting(config.context_length)  # type: ignore
+        self.online = online
         self.prices = Prices.load(config.prices_file, model=config.model_name,
                                   price_in=config.price_in, price_out=config.price_out)
 
@@ -171,15 +171,22 @@ class RoundsRun:
 
         progress = RunProgress(self.total, enabled=self.config.progress,
                                label=f"round {report.round}")
-        recycler = Recycler(self.config, self.store, self.backend, progress)
+        # the same token counts either way (4 characters a token, as for any endpoint), so a
+        # request and its key do not depend on whether a backend is there
+        backend: Backend = (self.online() if online and self.online
+                            else _Counting(self.config.context_length))  # type: ignore
+        recycler = Recycler(self.config, self.store, backend, progress)
         engine = DeferringEngine(recycler.engine, route, ledger.online_done)
         recycler.engine = engine
 
         async def run_all() -> None:
-            with progress:
-                async for _ in engine.map(recycler.process,
-                                          iter_input(self.input_path, self.config)):
-                    pass
+            try:
+                with progress:
+                    async for _ in engine.map(recycler.process,
+                                              iter_input(self.input_path, self.config)):
+                        pass
+            finally:
+                await backend.aclose()
 
         asyncio.run(run_all())
         report.deferred = engine.deferred
@@ -276,11 +283,44 @@ def _write_manifest(folder: Path, model: str, run_dir: Path,
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def failures_of(*reports: RoundReport) -> dict[str, int]:
-    total: Counter[str] = Counter()
-    for r in reports:
-        total.update(r.failures)
-    return dict(total)
 
 
-ProgressFn = Callable[[str], None]
+@dataclass
+class RoundsSummary:
+    run_dir: str
+    round: RoundReport
+    export: ExportReport | None = None
+    imports: list[FileReport] = field(default_factory=list)
+    output: str | None = None
+    totals: dict[str, Any] = field(default_factory=dict)
+
+
+def export_round(input_path: str | Path, run_dir: str | Path, config: RecycleConfig,
+                 options: BatchOptions | None = None, *, output: str | Path | None = None,
+                 output_format: str = "jsonl", force_new: bool = False) -> RoundsSummary:
+    """Run a round and write its pending requests as batch files (``--mode export``) into
+    ``options.requests_dir`` (default: the last export's, else ``RUN_DIR/requests``)."""
+    with RoundsRun(input_path, run_dir, config, options, force_new=force_new) as run:
+        report = run.collect()
+        export = run.export(_requests_dir(run))
+        return RoundsSummary(str(run_dir), report, export, [],
+                             run.write_output(output, output_format), run.totals())
+
+
+def import_round(input_path: str | Path, run_dir: str | Path, config: RecycleConfig,
+                 files: Iterable[str | Path], options: BatchOptions | None = None, *,
+                 output: str | Path | None = None,
+                 output_format: str = "jsonl") -> RoundsSummary:
+    """Import result files (``--mode import``), run a round on them, and write the next
+    round's requests where the last export went (or ``options.requests_dir``)."""
+    with RoundsRun(input_path, run_dir, config, options) as run:
+        imports = run.import_files(files)
+        report = run.collect()
+        export = run.export(_requests_dir(run))
+        return RoundsSummary(str(run_dir), report, export, imports,
+                             run.write_output(output, output_format), run.totals())
+
+
+def _requests_dir(run: RoundsRun) -> Path:
+    chosen = run.options.requests_dir or run.store.get_meta("requests_dir")
+    return Path(chosen) if chosen else run.run_dir / "requests"

@@ -9,13 +9,19 @@ from typing import Any
 
 
 def add_oracle_arguments(p: argparse.ArgumentParser, *, flag: str = "--oracle",
-                         default: str = "local") -> None:
+                         default: str = "local", replicas: bool = False) -> None:
+    """``replicas``: the flag may be given several times (servers of one model); the values
+    come as a list, None when it is not given."""
     g = p.add_argument_group("model endpoint")
-    g.add_argument(flag, default=default, metavar="SPEC",
+    g.add_argument(flag, default=None if replicas else default, metavar="SPEC",
+                   action="append" if replicas else "store",
                    help="'local' (embedded SmolLM2-135M-Instruct, no key, no network), "
                    "'local:/path' (HF folder or .gguf), 'llamacpp', or the base URL of an "
                    "OpenAI-compatible server, e.g. https://api.openai.com/v1 or "
-                   "http://127.0.0.1:8000/v1 (vLLM, Ollama, llama.cpp, TGI)")
+                   "http://127.0.0.1:8000/v1 (vLLM, Ollama, llama.cpp, TGI)" +
+                   (f"; give {flag} again for each replica of the same served model (one "
+                    "window over all, least-outstanding routing; --concurrency counts all "
+                    f"of them; default {default})" if replicas else ""))
     g.add_argument("--model", default=None,
                    help="model name on the server (required for URLs), e.g. gpt-4o-mini")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",

@@ -7,8 +7,23 @@ RUN_DIR/rtune.sqlite: interrupt at any time and run the same command again to co
 process at a time writes a run folder, and a folder holding another input's run (or one made
 with other settings) is refused: use another --run-dir, or --force-new to start it afresh.
 
-Exit status: 0 all done; 1 some oracle calls failed (a rerun retries them), or the run stopped
-because the endpoint refused the key or nothing listens at its address; 2 bad input or options.
+Modes (--mode): online (default) calls the oracle as it goes. batch sends the requests to
+the OpenAI Batch API (half the price): the command submits and exits, and the same command
+later collects the finished batches and submits the next round (stage both and re-asks depend
+on round 1); --wait polls until done. export writes the pending requests as sharded JSONL
+files in the OpenAI batch format, for vLLM's batch runner or any engine that reads it; import
+brings their result files back (--mode import FILE...) and writes the next round's requests.
+
+  rtune recycle data.json --run-dir runs/d --oracle https://api.openai.com/v1 \
+        --model gpt-4o-mini --mode batch
+  rtune recycle data.json --run-dir runs/d --model Qwen/Qwen2.5-72B-Instruct \
+        --mode export --shards 16 --requests-dir requests/
+  rtune recycle data.json --run-dir runs/d --model Qwen/Qwen2.5-72B-Instruct \
+        --mode import out/*.jsonl
+
+Exit status: 0 all done (or batches submitted and running); 1 some oracle calls failed (a rerun
+retries them), some result lines were refused or unreadable, or the run stopped because the
+endpoint refused the key or nothing listens at its address; 2 bad input or options.
 """
 
 from __future__ import annotations
@@ -16,7 +31,7 @@ from __future__ import annotations
 import argparse
 
 from ..io import OUTPUT_FORMATS, input_output_format
-from ..recycle_config import DEFAULT_STAGES, STAGES, RecycleConfig
+from ..recycle_config import DEFAULT_STAGES, MODES, STAGES, RecycleConfig
 from ._common import add_oracle_arguments, print_json
 
 HELP = "reflect on every record with an oracle LLM and write the candidates"
@@ -53,12 +68,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print calls, estimated tokens and cost; call nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
-    add_oracle_arguments(p)
+    add_oracle_arguments(p, replicas=True)
+    add_batch_arguments(p)
+
+
+def add_batch_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("batch modes")
+    g.add_argument("--mode", nargs="+", default=["online"], metavar=("MODE", "RESULT"),
+                   help=f"{' | '.join(MODES)}; import takes the result files after it "
+                   "(--mode import out/*.jsonl)")
+    g.add_argument("--requests-dir", default=None, metavar="DIR",
+                   help="export (and the round after an import): write request files in "
+                   "DIR/round-N/ (default: the last export's)")
+    g.add_argument("--shards", type=int, default=1,
+                   help="export: files per round at least (more where one would pass "
+                   "50,000 lines or 200 MB)")
+    g.add_argument("--reexport", action="store_true",
+                   help="export again the requests whose results never came back")
+    g.add_argument("--wait", action="store_true",
+                   help="batch: poll until every round is done (else submit and exit)")
+    g.add_argument("--poll-interval", type=float, default=30.0,
+                   help="batch: seconds between polls with --wait")
+    g.add_argument("--batch-retries", type=int, default=2,
+                   help="times a request whose batch line failed for a passing reason "
+                   "(expired, server error, lost) goes out again")
+    g.add_argument("--fallback-online", action="store_true",
+                   help="batch: run failed and expired lines online at once instead")
+
+
+def mode_from_args(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The mode and the result files that follow ``--mode import``."""
+    from ..errors import ConfigError
+
+    mode, files = args.mode[0], args.mode[1:]
+    if files and mode != "import":
+        raise ConfigError(f"--mode {mode} takes no files (got {' '.join(files)}); only "
+                          "--mode import FILE... does, and the dataset goes before --mode")
+    if mode == "import" and not files:
+        raise ConfigError("--mode import needs the result files: --mode import out/*.jsonl")
+    return mode, files
 
 
 def config_from_args(args: argparse.Namespace) -> RecycleConfig:
+    oracles = args.oracle or ["local"]
     return RecycleConfig(
-        stages=tuple(args.stages.split(",")), oracle=args.oracle, model=args.model,
+        stages=tuple(args.stages.split(",")), oracle=oracles[0],
+        replicas=tuple(oracles[1:]), mode=mode_from_args(args)[0], model=args.model,
         api_key_env=args.api_key_env, prompts_dir=args.prompts,
         with_example={"auto": None, "on": True, "off": False}[args.example], reask=args.reask,
         temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
@@ -83,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     fmt = input_output_format(args.input) if args.format == "input" else args.format
     output = args.output or run_dir / "candidates.jsonl"
+    if config.mode != "online":
+        from ._recycle_batch import run_batch_mode
+
+        return run_batch_mode(args, config, run_dir, output, fmt)
     summary = recycle(args.input, run_dir, config, output=output, output_format=fmt,
                       force_new=args.force_new)
     print(f"run: {summary.run_dir}   (rtune status {summary.run_dir})")

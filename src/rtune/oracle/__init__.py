@@ -33,10 +33,19 @@ def require_backend(spec: str) -> None:
 
 def make_backend(spec: str = "local", *, model: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
-                 context_length: int | None = None, batch_size: int = 8) -> Backend:
+                 context_length: int | None = None, batch_size: int = 8,
+                 replicas: tuple[str, ...] = ()) -> Backend:
     """``local`` (embedded SmolLM2), ``local:/path`` (HF folder or .gguf), ``llamacpp[:/path]``,
-    or an OpenAI-compatible base URL (``https://host/v1``)."""
+    or an OpenAI-compatible base URL (``https://host/v1``); with ``replicas`` (more base URLs
+    serving the same model) one :class:`~rtune.oracle.replicas.ReplicaBackend` over them all."""
     require_backend(spec)
+    if replicas:
+        from .http import HttpBackend
+        from .replicas import ReplicaBackend
+
+        urls = [spec, *replicas]
+        return ReplicaBackend([HttpBackend(u, api_key_env=api_key_env, timeout=timeout,
+                                           context_length=context_length) for u in urls], urls)
     if spec.startswith(("http://", "https://")):
         from .http import HttpBackend
 
