@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         name = getattr(module, "NAME", info.name)
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__ or module.HELP,
+                           epilog=getattr(module, "EXAMPLES", None),
                            formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -10,6 +10,13 @@ from ..io import OUTPUT_FORMATS
 HELP = "write a run's candidates to a file (JSONL, Alpaca, ShareGPT, messages)"
 
 
+EXAMPLES = """\
+examples:
+  rtune export runs/alpaca -o train.json --format alpaca --kinds both     # plain Alpaca
+  rtune export runs/alpaca -o all.jsonl --only-ok                         # parsed replies only
+  rtune export runs/alpaca -o chat.jsonl --format messages --kinds res    # OpenAI messages
+"""
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="the run directory")
     p.add_argument("-o", "--output", required=True, help="file to write")

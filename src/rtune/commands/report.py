@@ -14,6 +14,13 @@ from .stats import add_common
 HELP = "write an HTML report (statistics, figures, record browser)"
 
 
+EXAMPLES = """\
+examples:
+  rtune report runs/alpaca -o runs/alpaca/report             # one run: stats, figures, records
+  rtune report alpaca.json recycled.json -o compare/         # two datasets side by side
+  rtune report runs/a runs/b --title "oracle A vs B" --no-coherence
+"""
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("-o", "--output", default="report", metavar="DIR",

@@ -26,7 +26,6 @@ EXAMPLES = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.epilog = EXAMPLES  # shown after the options
     p.add_argument("recipe", help="recipe YAML file (see recipes/)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (done / to run / to continue, and why) and the paid "

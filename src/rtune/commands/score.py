@@ -18,6 +18,13 @@ from ._common import print_json
 HELP = "score candidates with a student model (IFD, r-IFD)"
 
 
+EXAMPLES = """\
+examples:
+  rtune score runs/alpaca --student /models/Llama-2-7b-hf --batch-size 16   # a recycled run
+  rtune score data.json --student local -o scored.jsonl --limit 50          # a plain dataset
+  accelerate launch --num_processes 8 -m rtune score runs/alpaca --student /models/Llama-2-7b-hf
+"""
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="a run directory, or a dataset file to score")
     p.add_argument("-o", "--output", default=None,

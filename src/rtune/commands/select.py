@@ -15,6 +15,13 @@ from ._common import print_json
 HELP = "keep the best candidate per record by IFD / r-IFD (selective, cherry, all, stage)"
 
 
+EXAMPLES = """\
+examples:
+  rtune select runs/alpaca --policy selective -o selected.json --format alpaca   # the V2 rule
+  rtune select scored.jsonl --policy cherry --top 0.1 -o cherry.json    # top 10% by IFD < 1
+  rtune select runs/alpaca --policy stage --kind both -o both.jsonl     # V1: every 'both'
+"""
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..select import POLICIES
 

@@ -23,6 +23,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="embed at most this many records per group (0 = all)")
 
 
+EXAMPLES = """\
+examples:
+  rtune stats runs/alpaca                       # lengths, coherence, IFD / r-IFD, cost
+  rtune stats alpaca.json recycled.json --json  # two datasets, machine-readable
+  rtune stats runs/alpaca --tokenizer /models/Llama-2-7b-hf --no-coherence
+"""
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")

@@ -22,6 +22,15 @@ HELP = "fine-tune a model on instruction data (SFT, the paper's recipe)"
 _D = TrainConfig()
 
 
+EXAMPLES = """\
+examples:
+  rtune train selected.json --model /models/Llama-2-7b-hf -o models/recycled-7b   # paper recipe
+  rtune train examples/alpaca_sample.json --model local -o models/demo --max-steps 20 \
+        --global-batch-size 8 --per-device-batch-size 4       # a CPU demo with the embedded model
+  accelerate launch --config_file "$(rtune train --config-path fsdp)" --num_processes 8 \
+        -m rtune train selected.json --model /models/Llama-2-13b-hf -o models/r13b
+"""
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="?", help="training data: rtune output, Alpaca JSON/JSONL, ShareGPT, "
                    "messages JSONL, parquet or a Hugging Face dataset folder")
@@ -34,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default=_D.output_dir,
                    help="output folder (model, tokenizer with its chat template, checkpoints, "
                    "rtune_train.json)")
-    p.add_argument("--format", default="auto", choices=INPUT_FORMATS, help="input format")
+    p.add_argument("--input-format", default="auto", choices=INPUT_FORMATS,
+                   help="format of the training data (auto: from the file)")
     p.add_argument("--config-path", choices=ACCELERATE_CONFIGS, default=None, metavar="NAME",
                    help="print the path of a shipped accelerate config (fsdp, deepspeed_zero3) "
                    "for accelerate launch --config_file, and exit")
@@ -90,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         model=args.model, output_dir=args.output, template=args.template,
-        input_format=args.format, learning_rate=args.learning_rate,
+        input_format=args.input_format, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
         lr_scheduler_type=args.lr_scheduler, epochs=args.epochs,
         global_batch_size=args.global_batch_size,
