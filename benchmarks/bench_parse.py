@@ -135,7 +135,9 @@ def fill(unit: str, size: int) -> str:
 def one_mb_reply(size: int) -> str:
     """A 1 MB instruction-reflection reply: a very long answer of real text."""
     answer = "\n\n".join(a for _, a in real_pairs())
-    return instruction_reply("Explain the records below in detail.", fill(answer + "\n\n", size))
+    # instruction_reply writes the answer three times
+    return instruction_reply("Explain the records below in detail.",
+                             fill(answer + "\n\n", size // 3))
 
 
 def marker_worst(size: int) -> dict[str, str]:

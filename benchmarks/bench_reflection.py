@@ -26,7 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rtune.reflection import extract_output, reflect
+from rtune.reflect import reflect
+from rtune.reflection import extract_output
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _NAIVE = re.compile(r"<output>(.*?)</output>", re.DOTALL)

@@ -11,18 +11,18 @@ from hypothesis import strategies as st
 from rtune.cli import main
 from rtune.prompts import load_prompt
 from rtune.records import Record
+from rtune.reflect import parse_verdict, question_text, reflect
 from rtune.reflection import (
     add_reflection_special_tokens,
-    build_reflection_reask,
-    build_reflection_request,
     canonical_reflection,
     extract_output,
     format_reflection,
     parse_reflection,
+)
+from rtune.reflection_stage import (
+    build_reflection_reask,
+    build_reflection_request,
     parse_reflection_reply,
-    parse_verdict,
-    question_text,
-    reflect,
     reflection_system_prompt,
 )
 from rtune.store import RunStore
@@ -176,7 +176,7 @@ def test_stage_re_asks_a_malformed_reply(oracle_server, tmp_path):
 
     from rtune.oracle import Engine, EngineConfig
     from rtune.oracle.http import HttpBackend
-    from rtune.reflection import reflection_candidate
+    from rtune.reflection_stage import reflection_candidate
 
     rec = Record(instruction="Where is the coin?", output="In the cup.")
     prompt = load_prompt("reflection_format")

@@ -179,10 +179,8 @@ def _row(stored: dict[str, Any], generator: str, output_only: bool) -> dict[str,
     row["generator"] = generator
     row["settings"] = stored["settings"]
     if output_only:
-        try:
-            from .reflection import extract_output
-        except ImportError:  # the reflection module is optional
-            raise ConfigError("--output-only needs rtune.reflection") from None
+        from .reflection import extract_output
+
         answer, flagged = extract_output(stored["output"])
         row.update(output=answer, raw_output=stored["output"], flagged=flagged)
     return row

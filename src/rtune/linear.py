@@ -36,10 +36,11 @@ def atomic(body: str) -> str:
     return f"(?=(?P<{name}>{body}))(?-i:(?P={name}))"
 
 
-# Longer replies are parsed in a worker thread. Parsing costs well under a microsecond per
-# character (tens of nanoseconds on ordinary replies), so a reply below this holds the event
-# loop for milliseconds at worst; a thread costs about as much to start.
-OFF_LOOP_CHARS = 32_768
+# Longer replies are parsed in a worker thread. Ordinary replies cost tens of nanoseconds per
+# character and dense runs of markers or tags up to about two microseconds (a loaded 2-core
+# VM), so a reply below this holds the event loop for tens of milliseconds at worst; replies
+# within a 2048-token answer budget stay below it and skip the thread's cost.
+OFF_LOOP_CHARS = 16_384
 
 
 async def off_loop(parse: Callable[..., T], text: str | None, *args: Any) -> T:
@@ -65,7 +66,8 @@ def _fence_run(char: str) -> re.Pattern[str]:
     lit = re.escape(char * 3)
     behind = "".join(rf"(?<![^\n \t][ \t]{{{k}}}{lit})" for k in range(_LOOK_BACK + 1))
     rest = atomic(r"[^\n]*")
-    return re.compile(rf"{lit}{behind}{re.escape(char)}*(?P<after>[`~]?)(?:(?={rest}(?P<newline>\n)))?")
+    return re.compile(rf"{lit}{behind}{re.escape(char)}*(?P<after>[`~]?)"
+                      rf"(?:(?={rest}(?P<newline>\n)))?")
 
 
 _FENCE_RUNS = (_fence_run("`"), _fence_run("~"))

@@ -104,8 +104,10 @@ def _patterns(label: str, flags: int) -> _Patterns:
 
     return _Patterns(
         bracketed=re.compile(rf"\[{sp()}{first}{words}{sp()}\]\s*:?", flags),
+        # a colon right after the label (the usual case) ends the marker after blanks and a
+        # decoration; any other ending is worked out by _line_marker_end
         line=re.compile(first + _after_prefix(first, ">*_`.)#", r">*_`.)#+\d\-") + words
-                        + _LINE_RIGHT, flags | re.M),
+                        + rf"(?:(?P<colon>:{sp()}{_D}?)|{_LINE_RIGHT})", flags | re.M),
         end_bracketed=re.compile(rf"\[{sp()}(?:/{sp()})?end{sp()}\]", flags),
         end_word=re.compile(_END_WORD, flags | re.M))
 
@@ -195,9 +197,6 @@ def _may_extend(text: str, pos: int) -> bool:
 def _line_marker_end(text: str, e: int) -> int:
     """Where a line marker whose label ends at ``e`` ends (its trailing blanks, ``:`` and
     decorations included), choosing as the marker's greedy definition does."""
-    if text.startswith(":", e):
-        end = _blank_end(text, e + 1)
-        return end + _decor_len(text, end)
     n = len(text)
     a = _blank_end(text, e)
     for d in (*_DECORS, ""):
@@ -233,7 +232,7 @@ def _markers(hay: str, labels: tuple[str, ...], flags: int) -> list[tuple[int, i
                 start = _line_marker_start(hay, back, m.start(), floor)
                 if start is None:
                     continue
-                end = _line_marker_end(hay, m.end())
+                end = m.end() if m.group("colon") is not None else _line_marker_end(hay, m.end())
             if start < floor:
                 continue
             found.append((start, end, label))
@@ -325,6 +324,15 @@ def _section_text(text: str, hay: str, start: int, stop: int, pats: _Patterns) -
     return _clean(text[start:stop] if cut is None else text[start:start + cut])
 
 
+def _sections(markers: list[tuple[int, int, str]], length: int) -> dict[str, list[tuple[int, int]]]:
+    """Each label's sections in order: from the end of its marker to the next marker's start."""
+    sections: dict[str, list[tuple[int, int]]] = {}
+    stops = [start for start, _, _ in markers[1:]] + [length]
+    for (_, end, label), stop in zip(markers, stops):
+        sections.setdefault(label, []).append((end, stop))
+    return sections
+
+
 def parse_sections(text: str | None, labels: tuple[str, ...] | list[str],
                    echo_phrases: tuple[str, ...] | list[str] = ()) -> ParseResult:
     """Extract each label's section; the first usable occurrence wins."""
@@ -336,15 +344,12 @@ def parse_sections(text: str | None, labels: tuple[str, ...] | list[str],
             result.reasons[label] = "empty_reply"
         return result
     hay, flags = _haystack(text, labels)
-    markers = _markers(hay, labels, flags)
+    sections = _sections(_markers(hay, labels, flags), len(text))
     for label in labels:
         pats = _patterns(label, flags)
         problems = []
         value = None
-        for i, (_, end, lab) in enumerate(markers):
-            if lab != label:
-                continue
-            stop = markers[i + 1][0] if i + 1 < len(markers) else len(text)
+        for end, stop in sections.get(label, ()):
             chunk = _section_text(text, hay, end, stop, pats)
             problem = _problem(chunk, echo_phrases)
             if problem is None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .fingerprint import check_same_run, run_identity
 from .io import read_records, write_records
 from .linear import off_loop
@@ -266,7 +266,7 @@ class Recycler:
         return cand
 
     async def _reflection_format(self, base: Record) -> Record | None:
-        from . import reflection  # the Reflection 70B format stage
+        from .reflection_stage import reflection_candidate
 
         done = self.store.get_candidate(base.source_index, "reflection")
         if done is not None:
@@ -274,7 +274,7 @@ class Recycler:
         prompt = load_prompt("reflection_format", self.config.prompts_dir)
         source, cut_note = self._fit_context(base, prompt, "reflection-format")
         try:  # ask, parse, re-ask while malformed; fallback keeps the pair with the reason
-            cand = await reflection.reflection_candidate(
+            cand = await reflection_candidate(
                 self.engine, source, prompt, self.config.model_name,
                 with_example=self.config.use_example, reask=self.config.reask,
                 request_for=self._request)
@@ -364,6 +364,10 @@ def recycle(input_path: str | Path, run_dir: str | Path, config: RecycleConfig |
     (:mod:`rtune.fingerprint`), unless ``force_new`` starts it afresh.
     """
     config = config or RecycleConfig()
+    if config.mode != "online":
+        raise ConfigError(f"mode {config.mode!r} runs through rtune.recycle_batch."
+                          "recycle_batch (batch) or rtune.recycle_rounds.export_round / "
+                          "import_round (export, import), not recycle()")
     input_path = Path(input_path)
     invalid: list[InputError] = []
     total = validate_input(input_path, config, invalid)

@@ -95,7 +95,7 @@ def _show(result: dict[str, Any], show_thinking: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..oracle.pricing import Prices
-    from ..reflection import default_model_name, reflect
+    from ..reflect import default_model_name, reflect
 
     source = Path(args.input)
     is_file = source.is_file() or (source.suffix.lower() in (".json", ".jsonl", ".txt")
