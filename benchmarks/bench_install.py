@@ -103,7 +103,7 @@ def main() -> int:
                 "python3*/site-packages/torch"))
             rows.append(("bash scripts/setup.sh (all extras, tests, model weights)", seconds,
                          du_mb(clone / ".venv"), torch, compilers))
-    print(f"| step | wall s | installed MB | torch | compiler ran |\n|---|---|---|---|---|")
+    print("| step | wall s | installed MB | torch | compiler ran |\n|---|---|---|---|---|")
     for name, seconds, size, torch, compilers in rows:
         print(f"| {name} | {seconds:.0f} | {size:.0f} | {'yes' if torch else 'no'} | "
               f"{', '.join(sorted(compilers)) or 'no'} |")

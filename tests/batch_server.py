@@ -1,6 +1,7 @@
 """A loopback server that speaks the OpenAI Files + Batches wire format, for tests.
 
 Files: upload (multipart, purpose "batch"), list (purpose, order, after, limit), content.
+Chat Completions too (online calls), answered like the batch lines.
 Batches: create (with metadata), retrieve, cancel, list (newest first, after, limit). Each
 retrieve moves a batch one state on: validating -> in_progress -> finalizing -> completed;
 on completion every line is answered by ``reply`` (the chat server's marker replies) into
@@ -45,6 +46,7 @@ class BatchServer:
         self.retrieve_errors = 0
         self.forget: set[str] = set()
         self.calls: list[str] = []  # "METHOD /path" of every request
+        self.online: list[dict[str, Any]] = []  # bodies of chat completions (not batched)
         self.lock = threading.Lock()
         self._hold_kind: str | None = None
         self.held = threading.Event()  # set when a held request has done its work
@@ -114,6 +116,11 @@ class BatchServer:
             kind = "content"
             f = self.files.get(m[1])
             status, payload = (200, f["data"]) if f else (404, _error("no such file"))
+        elif method == "POST" and path == "/chat/completions":  # --fallback-online
+            body = json.loads(raw)
+            with self.lock:
+                self.online.append(body)
+            status, payload = 200, completion(body, self.reply(body))
         elif method == "POST" and path == "/batches":
             kind, status, payload = "create", *self._create(json.loads(raw))
         elif method == "GET" and path == "/batches":

@@ -66,9 +66,12 @@ def request_key(body: dict[str, Any]) -> str:
 
 class OracleServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 latency: Callable[[], float] | None = None):
+                 latency: Callable[[], float] | None = None, slots: int | None = None):
         self._script: Script = default_reply
         self.latency = latency
+        # like a served model's batch slots: at most ``slots`` requests in their latency at
+        # once, the rest queue (None: no limit)
+        self.slots = threading.Semaphore(slots) if slots else None
         self.requests: list[dict[str, Any]] = []
         self.completed: list[str] = []  # keys of requests answered with a full 200 reply
         self.lock = threading.Lock()
@@ -93,7 +96,11 @@ class OracleServer:
                     server.requests.append(body)
                     script = server._script
                 if server.latency is not None:
-                    time.sleep(server.latency())
+                    if server.slots is not None:
+                        with server.slots:
+                            time.sleep(server.latency())
+                    else:
+                        time.sleep(server.latency())
                 reply = script(body)
                 if isinstance(reply, Fault):
                     if reply.delay:
@@ -205,7 +212,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency", default="none")
+    ap.add_argument("--slots", type=int, default=None)
     a = ap.parse_args()
-    srv = OracleServer(port=a.port, latency=parse_latency(a.latency))
+    srv = OracleServer(port=a.port, latency=parse_latency(a.latency), slots=a.slots)
     print(srv.url, flush=True)
     srv.httpd.serve_forever()

@@ -15,9 +15,10 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .batch_ledger import Ledger, Reply
+from .batch_ledger import Ledger
 from .oracle.batch_files import BadLine, Result, parse_result
-from .oracle.pricing import Prices
+from .oracle.pricing import BATCH_DISCOUNT, Prices
+from .text import repair_text
 
 CHUNK = 2000  # lines per transaction
 MAX_PROBLEMS = 10  # problem lines kept per file (the rest are counted)
@@ -58,10 +59,12 @@ class Importer:
     whose line failed for a passing reason goes back to pending; ``resubmit``: whether failed
     lines may go back at all (not when they will run online instead)."""
 
-    def __init__(self, ledger: Ledger, prices: Prices, *, retries: int = 2,
+    def __init__(self, ledger: Ledger, prices: Prices, *, model: str = "", retries: int = 2,
                  resubmit: bool = True, chunk: int = CHUNK):
         self.ledger = ledger
         self.prices = prices
+        self.model = model  # the run's model: for a reply that names none
+        self._prices: dict[str, tuple[float, float]] = {}
         self.retries = retries
         self.resubmit = resubmit
         self.chunk = chunk
@@ -79,56 +82,70 @@ class Importer:
                     lines = []
         if lines:
             self._chunk(lines, report)
+        self.ledger.settle_done()
         return report
 
     def _chunk(self, lines: list[tuple[int, bytes]], report: FileReport) -> None:
-        parsed: list[tuple[int, bytes, Result]] = []
+        replies: list[tuple[str, str, str, str | None, int, int, float]] = []
+        numbers: list[int] = []
+        errors: list[tuple[int, bytes, Result]] = []
         for number, raw in lines:
             report.lines += 1
             try:
-                parsed.append((number, raw, parse_result(raw)))
+                result = parse_result(raw)
             except BadLine as e:
                 report.bad += 1
                 report.problem(number, str(e))
-        known = self.ledger.lookup([r.key for _, _, r in parsed])
-        replies: list[tuple[Reply, str | None, str]] = []
-        seen: set[str] = set()
+                continue
+            if result.text is None:
+                errors.append((number, raw, result))
+            else:
+                replies.append(self._reply(result))
+                numbers.append(number)
         with self.ledger.transaction():
-            for number, raw, result in parsed:
-                entry = known.get(result.key)
-                if entry is None:
-                    report.refused += 1
-                    report.problem(number, f"custom_id {result.key[:16]!r} is no request of "
-                                   "this run (another run, or another model)")
-                    continue
-                state, stage, body, _ = entry
-                if state == "done" or result.key in seen:
-                    report.already += 1
-                    continue
-                if result.text is None:
-                    self._error(result, stage, raw, report)
-                    continue
-                seen.add(result.key)
-                replies.append((self._reply(result, body), stage, body or "{}"))
-                report.imported += 1
-            self.ledger.store_replies(replies)
-        report.cost += sum(r.cost for r, _, _ in replies)
+            stored = self.ledger.store_replies(replies)
+            report.imported += stored
+            unknown: set[str] = set()
+            if stored < len(replies) or errors:  # some were refused or answered before
+                keys = [r[0] for r in replies] + [r.key for _, _, r in errors]
+                unknown = set(keys) - self.ledger.known(keys)
+            for number, (key, *_) in zip(numbers, replies):
+                if key in unknown:
+                    self._refused(report, number, key)
+            report.already += len(replies) - stored - sum(r[0] in unknown for r in replies)
+            for number, raw, result in errors:
+                if result.key in unknown:
+                    self._refused(report, number, result.key)
+                else:
+                    self._error(result, raw, report)
+            if stored == len(replies):
+                report.cost += sum(r[6] for r in replies)
+            elif stored:  # which ones were stored just now: the store knows
+                report.cost += self.ledger.stored_cost([r[0] for r in replies])
 
-    def _reply(self, result: Result, body: str | None) -> Reply:
-        model = result.model or _body_model(body)
-        tin = result.tokens_in if result.tokens_in is not None else len(body or "") // 4 + 1
-        tout = result.tokens_out if result.tokens_out is not None else \
-            len(result.text or "") // 4 + 1
-        return Reply(result.key, model, result.text or "", result.finish_reason, tin, tout,
-                     self.prices.cost(model, tin, tout, batch=True))
+    @staticmethod
+    def _refused(report: FileReport, number: int, key: str) -> None:
+        report.refused += 1
+        report.problem(number, f"custom_id {key[:16]!r} is no request of this run (another "
+                       "run, or another model)")
 
-    def _error(self, result: Result, stage: str | None, raw: bytes,
-               report: FileReport) -> None:
+    def _reply(self, result: Result) -> tuple[str, str, str, str | None, int, int, float]:
+        model = result.model or self.model
+        text = result.text or ""
+        tin = result.tokens_in if result.tokens_in is not None else 0
+        tout = result.tokens_out if result.tokens_out is not None else len(text) // 4 + 1
+        price = self._prices.get(model)
+        if price is None:
+            price = self._prices[model] = self.prices.lookup(model)
+        cost = (tin * price[0] + tout * price[1]) / 1e6 * BATCH_DISCOUNT
+        return (result.key, repair_text(model)[0], repair_text(text)[0], result.finish_reason,
+                tin, tout, cost)
+
+    def _error(self, result: Result, raw: bytes, report: FileReport) -> None:
         reason = result.reason or "batch_error"
-        line_id = _line_id(raw)
-        state = self.ledger.fail(result.key, stage, reason, result.detail,
+        state = self.ledger.fail(result.key, reason, result.detail,
                                  retry=self.resubmit and result.transient,
-                                 retries=self.retries, line_id=line_id)
+                                 retries=self.retries, line_id=_line_id(raw))
         if state is None:
             report.already += 1
         else:
@@ -145,16 +162,5 @@ def _line_id(raw: bytes) -> str:
         if rest.startswith(b'"'):
             end = rest.find(b'"', 1)
             if end > 0:
-                return rest[1:end].decode("utf-8", "replace")
+                return rest[1:end].decode("utf-8", "replace").replace(" ", "_")
     return hashlib.sha1(raw).hexdigest()
-
-
-def _body_model(body: str | None) -> str:
-    """The model named in a request body (its ``"model"`` field), without parsing it all."""
-    if not body:
-        return ""
-    start = body.find('"model": "')
-    if start < 0:
-        return ""
-    start += len('"model": "')
-    return body[start:body.find('"', start)]

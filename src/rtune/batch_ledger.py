@@ -3,11 +3,14 @@ and of the batches (exported rounds, OpenAI batches) they went out in.
 
 A request is keyed by its request key, the same key the store's call cache uses, which is
 the ``custom_id`` of its batch line, so a result finds its call and a key the run never made
-is recognised. States: ``pending`` (made, not sent), ``out`` (in a written round or an
+is recognised. States: ``pending`` (made, not sent), ``out`` (in a written round or a
 submitted batch), ``done`` (its reply is in ``calls``; the body is dropped, ``calls`` keeps
-it), ``failed`` (an error line no resubmission will fix, or resubmissions used up). The
-tables live in the same SQLite file and commit with the calls they fill, so a crash at any
-point leaves them consistent.
+it), ``failed`` (an error line no resubmission will fix, or resubmissions used up). A reply
+is stored in ``calls`` first (copying the request body there in SQL) and its request marked
+``done`` afterwards in one pass (:meth:`Ledger.settle_done`): a random-key update per reply
+would cost more than the insert. Until that pass a request with a call counts as answered
+everywhere (the engine reads ``calls`` first), and opening a run makes the pass, so a crash
+between the two loses nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ CREATE TABLE IF NOT EXISTS batch_requests(
     key TEXT PRIMARY KEY, stage TEXT, round INTEGER NOT NULL, state TEXT NOT NULL,
     batch TEXT, attempts INTEGER NOT NULL DEFAULT 0, reason TEXT, detail TEXT, body TEXT,
     size INTEGER NOT NULL DEFAULT 0, tokens_in INTEGER NOT NULL DEFAULT 0,
-    max_tokens INTEGER NOT NULL DEFAULT 0, via TEXT, last_error TEXT);
+    max_tokens INTEGER NOT NULL DEFAULT 0, via TEXT, error_lines TEXT);
 CREATE INDEX IF NOT EXISTS batch_requests_state ON batch_requests(state, batch);
 CREATE TABLE IF NOT EXISTS batches(
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, api_id TEXT,
@@ -37,9 +40,11 @@ CREATE TABLE IF NOT EXISTS batches(
     updated REAL NOT NULL);
 """
 _BATCH_FIELDS = {"state", "api_id", "input_file_id", "output_file_id", "error_file_id",
-                 "api_status", "counts", "cost", "reason", "path"}
+                 "api_status", "counts", "cost", "reason", "path", "lines", "expected_cost"}
+# the request body and stage come from the ledger row; a key the run never made inserts nothing
 _CALL_SQL = ("INSERT OR IGNORE INTO calls(key, model, stage, request, response, finish_reason, "
-             "tokens_in, tokens_out, cost, latency, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+             "tokens_in, tokens_out, cost, latency, created) SELECT key, ?, stage, body, ?, ?, "
+             "?, ?, ?, NULL, ? FROM batch_requests WHERE key = ? AND body IS NOT NULL")
 
 
 @dataclass(slots=True)
@@ -53,25 +58,13 @@ class Request:
     batch: str | None
 
 
-@dataclass(slots=True)
-class Reply:
-    """A reply to store as the call of ``key``."""
-
-    key: str
-    model: str
-    text: str
-    finish_reason: str | None
-    tokens_in: int
-    tokens_out: int
-    cost: float
-
-
 class Ledger:
     """The batch tables of a run store. ``writable``: create them when missing."""
 
     def __init__(self, store: RunStore, *, writable: bool = True):
         self.store = store
         self.db = store.db
+        self._stamp = 0.0
         if writable:
             self.db.executescript(SCHEMA)
         self.present = writable or self.db.execute(
@@ -132,46 +125,67 @@ class Ledger:
         return self.db.execute("UPDATE batch_requests SET state = 'pending' "
                                "WHERE state = 'out'").rowcount
 
-    def lookup(self, keys: list[str]) -> dict[str, tuple[str, str | None, str | None, int]]:
-        """key -> (state, stage, body, attempts) for the known ones among ``keys``."""
-        out: dict[str, tuple[str, str | None, str | None, int]] = {}
+    def known(self, keys: list[str]) -> set[str]:
+        """Those of ``keys`` that are requests of this run."""
+        out: set[str] = set()
         for i in range(0, len(keys), 900):
             part = keys[i:i + 900]
-            marks = ",".join("?" * len(part))
-            for key, state, stage, body, attempts in self.db.execute(
-                    f"SELECT key, state, stage, body, attempts FROM batch_requests "
-                    f"WHERE key IN ({marks})", part):
-                out[key] = (state, stage, body, attempts)
+            out.update(k for (k,) in self.db.execute(
+                f"SELECT key FROM batch_requests WHERE key IN ({','.join('?' * len(part))})",
+                part))
         return out
 
-    def store_replies(self, replies: list[tuple[Reply, str | None, str]]) -> None:
-        """Each (reply, stage, request body) as a finished call; its request done. Call inside
-        :meth:`transaction`."""
-        now = time.time()
+    def store_replies(self, rows: list[tuple[str, str, str, str | None, int, int, float]]
+                      ) -> int:
+        """Each (key, model, text, finish_reason, tokens_in, tokens_out, cost) as the finished
+        call of its request, unless it has one; returns how many were stored. Call inside
+        :meth:`transaction`, then :meth:`settle_done`."""
+        now = self._stamp = time.time()
+        before = self.db.total_changes
+        # in key order, the index lookups and inserts walk each B-tree page once (~12% faster)
         self.db.executemany(_CALL_SQL, (
-            (r.key, repair_text(r.model)[0], stage, body, repair_text(r.text)[0],
-             r.finish_reason, r.tokens_in, r.tokens_out, r.cost, None, now)
-            for r, stage, body in replies))
-        self.db.executemany("UPDATE batch_requests SET state = 'done', body = NULL, "
-                            "via = COALESCE(via, 'batch') WHERE key = ?",
-                            ((r.key,) for r, _, _ in replies))
+            (model, text, finish, tin, tout, cost, now, key)
+            for key, model, text, finish, tin, tout, cost in sorted(rows)))
+        return self.db.total_changes - before
 
-    def fail(self, key: str, stage: str | None, reason: str, detail: str, *,
-             retry: bool, retries: int, line_id: str | None = None) -> str | None:
+    def stored_cost(self, keys: list[str]) -> float:
+        """The cost of those of ``keys`` that the last :meth:`store_replies` stored."""
+        total = 0.0
+        for i in range(0, len(keys), 900):
+            part = keys[i:i + 900]
+            total += self.db.execute(
+                f"SELECT COALESCE(SUM(cost), 0) FROM calls WHERE created = ? AND key IN "
+                f"({','.join('?' * len(part))})", (self._stamp, *part)).fetchone()[0]
+        return total
+
+    def settle_done(self) -> int:
+        """Mark every request that has its call as done (one pass); returns how many."""
+        return self.db.execute(
+            "UPDATE batch_requests SET state = 'done', body = NULL, via = COALESCE(via, 'batch') "
+            "WHERE state IN ('pending', 'out', 'failed') AND key IN (SELECT key FROM calls)"
+        ).rowcount
+
+    def fail(self, key: str, reason: str, detail: str, *, retry: bool, retries: int,
+             line_id: str | None = None) -> str | None:
         """An unanswered request: back to pending while ``retry`` and resubmissions are left,
         else failed; the failure is recorded for ``rtune status``. ``line_id`` names the
         error line: the same line applied twice (a second import) changes nothing. Returns
-        the new state, None when nothing changed."""
-        row = self.db.execute("SELECT attempts, state, last_error FROM batch_requests "
-                              "WHERE key = ?", (key,)).fetchone()
-        if row is None or row[1] == "done" or (line_id is not None and row[2] == line_id):
+        the new state; None when nothing changed (answered, unknown, or seen before)."""
+        row = self.db.execute(
+            "SELECT attempts, state, error_lines, stage, EXISTS(SELECT 1 FROM calls c WHERE "
+            "c.key = r.key) FROM batch_requests r WHERE key = ?", (key,)).fetchone()
+        seen = (row[2] or "").split() if row else []
+        if row is None or row[1] == "done" or row[4] or line_id in seen:
             return None
-        attempts = row[0] + 1
+        attempts, stage = row[0] + 1, row[3]
+        if line_id is not None:  # every error line applied to this request, by its id
+            seen.append(line_id)
         state = "pending" if retry and attempts <= retries else "failed"
         self.db.execute("UPDATE batch_requests SET state = ?, attempts = ?, reason = ?, "
-                        "detail = ?, last_error = ?, "
+                        "detail = ?, error_lines = ?, "
                         "batch = CASE WHEN ? = 'pending' THEN NULL ELSE batch END "
-                        "WHERE key = ?", (state, attempts, reason, detail, line_id, state, key))
+                        "WHERE key = ?", (state, attempts, reason, detail, " ".join(seen) or None,
+                                          state, key))
         self.store.add_failure(key, stage, reason, detail)
         return state
 
@@ -221,6 +235,9 @@ class Ledger:
         for r in rows:
             r["counts"] = json.loads(r["counts"]) if r["counts"] else None
         return rows
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        return next(b for b in self.batches() if b["id"] == batch_id)
 
     def batch_cost(self, batch: str) -> float:
         return self.db.execute(

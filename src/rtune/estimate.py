@@ -24,7 +24,8 @@ def estimate(input_path: str | Path, config: RecycleConfig,
     """Calls, tokens in (prompt), tokens out (typical and at most) and cost per stage.
 
     Calls already paid for in ``run_dir`` are not counted again. Re-asks are not counted
-    (they happen only for replies that miss a marker).
+    (they happen only for replies that miss a marker). ``cost_batch``: the same tokens at
+    Batch API prices (half); ``cost_mode``: the cost in the config's mode.
     """
     validate_input(input_path, config)
     store = (RunStore(run_dir, create=False)
@@ -65,8 +66,12 @@ def estimate(input_path: str | Path, config: RecycleConfig,
     for row in rows.values():
         row["cost"] = prices.cost(config.model_name, row["tokens_in"], row["tokens_out"])
         row["cost_max"] = prices.cost(config.model_name, row["tokens_in"], row["tokens_out_max"])
+        row["cost_batch"] = prices.cost(config.model_name, row["tokens_in"], row["tokens_out"],
+                                        batch=True)
     total = {k: sum(r[k] for r in rows.values())
-             for k in ("calls", "tokens_in", "tokens_out", "tokens_out_max", "cost", "cost_max")}
+             for k in ("calls", "tokens_in", "tokens_out", "tokens_out_max", "cost", "cost_max",
+                       "cost_batch")}
+    total["cost_mode"] = total["cost_batch"] if config.mode == "batch" else total["cost"]
     return {"records": records, "multi_turn_passed_through": skipped, "model": config.model_name,
-            "stages": rows, "total": total,
+            "mode": config.mode, "stages": rows, "total": total,
             "price_per_1M": dict(zip(("in", "out"), prices.lookup(config.model_name)))}

@@ -25,7 +25,8 @@ class Extra:
 
 
 EXTRAS: dict[str, Extra] = {e.name: e for e in (
-    Extra("local", "local-models", ("torch", "transformers", "accelerate", "gguf", "safetensors")),
+    Extra("local", "local-models", ("torch", "transformers", "accelerate", "gguf", "safetensors",
+                                    "llguidance")),
     Extra("train", "training", ("torch", "transformers", "accelerate", "peft", "datasets")),
     Extra("report", "figures", ("matplotlib", "numpy")),
     Extra("data", "parquet/arrow input", ("pyarrow", "datasets")),

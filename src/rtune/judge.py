@@ -18,6 +18,7 @@ from typing import Any
 from .errors import ConfigError, InputError
 from .extras import missing
 from .generate import EndpointOptions, make_engine
+from .guided import JUDGE, GuidedSpec, check_guided, guided_default
 from .io import json_items, write_text_atomic
 from .judge_parse import Outcome, Scores, outcome, parse_scores, summarize
 from .oracle import PermanentError, TransientError, require_backend
@@ -149,11 +150,12 @@ class JudgeSettings:
     prompt: Prompt
     max_tokens: int = 1024
     temperature: float = 0.0
+    guided: GuidedSpec | None = None  # the score line, then the explanation
 
     def request(self, question: str, answer_1: str, answer_2: str) -> ChatRequest:
         messages = self.prompt.messages(question=question, answer_1=answer_1, answer_2=answer_2)
         return ChatRequest(messages=messages, model=self.model, temperature=self.temperature,
-                           max_tokens=self.max_tokens)
+                           max_tokens=self.max_tokens, guided=self.guided)
 
     def reask(self, request: ChatRequest, reply: str) -> ChatRequest:
         text = str(self.prompt.extra.get("reask") or "Write the two scores alone on the "
@@ -161,7 +163,7 @@ class JudgeSettings:
         messages = [*request.messages, {"role": "assistant", "content": reply},
                     {"role": "user", "content": text}]
         return ChatRequest(messages=messages, model=self.model, temperature=self.temperature,
-                           max_tokens=self.max_tokens)
+                           max_tokens=self.max_tokens, guided=self.guided)
 
 
 async def judge_one(engine: Any, store: RunStore, settings: JudgeSettings, key: str,
@@ -179,6 +181,9 @@ async def judge_one(engine: Any, store: RunStore, settings: JudgeSettings, key: 
         reply = await engine.complete(request, stage="judge")
         scores = parse_scores(reply.text)
         record["raw"] = reply.text
+        record["guided"] = (reply.extra.get("guided") or {}).get("used", "off")
+        if reply.finish_reason == "length":
+            record["cut"] = True
         if scores is None:
             again = await engine.complete(settings.reask(request, reply.text), stage="judge")
             record["raw_reask"] = again.text
@@ -201,8 +206,9 @@ def judge(paths_a: Sequence[str | Path], paths_b: Sequence[str | Path], *, judge
           allow_partial: bool = False, allow_empty: bool = False,
           prompts_dir: str | Path | None = None, max_tokens: int = 1024,
           options: EndpointOptions | None = None, progress: bool = False,
-          resamples: int = 2000) -> dict[str, Any]:
-    """Judge side A's answers against side B's, both orders; write results to ``out_dir``."""
+          resamples: int = 2000, guided: str | None = None) -> dict[str, Any]:
+    """Judge side A's answers against side B's, both orders; write results to ``out_dir``.
+    ``guided``: the ``--guided`` mode (None: auto for a local judge, off for an endpoint)."""
     options = options or EndpointOptions()
     check_settings(max_tokens=max_tokens)
     pairing = pair_answers(read_answers(paths_a, allow_empty=allow_empty),
@@ -213,7 +219,9 @@ def judge(paths_a: Sequence[str | Path], paths_b: Sequence[str | Path], *, judge
     from .generate import generator_name
 
     judge_model = model or generator_name(judge_spec, None)
-    settings = JudgeSettings(judge_model, prompt, max_tokens=max_tokens)
+    mode = guided_default(check_guided(guided), judge_spec)
+    settings = JudgeSettings(judge_model, prompt, max_tokens=max_tokens,
+                             guided=None if mode == "off" else GuidedSpec(JUDGE, mode))
     tasks = [(key, order, a, b) for key, (a, b) in pairing.pairs.items() for order in ORDERS]
     with RunStore(run_dir, writer="judge") as store:
         with RunProgress(len(tasks), enabled=progress, label="judge") as bar:
@@ -227,6 +235,8 @@ def judge(paths_a: Sequence[str | Path], paths_b: Sequence[str | Path], *, judge
             judgments = engine.run(one, tasks)
         store.set_meta("judge", {"a": pairing.name_a, "b": pairing.name_b,
                                  "judge_model": judge_model, "prompt": prompt.tag})
+        if hasattr(engine.backend, "guided"):  # which guided fields the endpoint took
+            store.set_meta("guided", {"mode": mode, **engine.backend.guided.report()})
         calls = store.call_totals()
     by_key: dict[str, dict[str, dict[str, Any]]] = {}
     for j in judgments:
@@ -240,13 +250,26 @@ def judge(paths_a: Sequence[str | Path], paths_b: Sequence[str | Path], *, judge
         "a": pairing.name_a, "b": pairing.name_b,
         "judge": {"model": judge_model, "endpoint": "local" if "://" not in judge_spec
                   else "remote", "prompt": prompt.id, "prompt_version": prompt.version,
-                  "temperature": settings.temperature, "max_tokens": max_tokens},
+                  "temperature": settings.temperature, "max_tokens": max_tokens,
+                  "guided": mode, "readable": readable(judgments)},
         "missing": {"only_a": pairing.only_a, "only_b": pairing.only_b},
         "run_dir": str(run_dir), "calls": calls,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if out_dir is not None:
         write_results(results, rows, out_dir)
     return results
+
+
+def readable(judgments: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Judge replies whose first reply had a readable score line, by how they were guided."""
+    out: dict[str, dict[str, int]] = {}
+    for j in judgments:
+        if "raw" not in j:
+            continue
+        row = out.setdefault(j.get("guided", "off"), {"replies": 0, "readable": 0})
+        row["replies"] += 1
+        row["readable"] += parse_scores(j["raw"]) is not None
+    return out
 
 
 def question_row(key: str, test_set: str, ab: dict[str, Any] | None,

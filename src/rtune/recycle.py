@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import ConfigError, InputError
 from .fingerprint import check_same_run, run_identity
+from .guided import GuidedSpec, Shape, check_prompt, stage_shape
 from .io import read_records, write_records
 from .linear import off_loop
 from .oracle import Engine, EngineConfig, PermanentError, TransientError, make_backend
@@ -85,6 +86,10 @@ class Recycler:
             spec.prompt: load_prompt(spec.prompt, config.prompts_dir)
             for name, spec in STAGE_SPECS.items() if name in config.stages}
         self.reask_prompt = load_prompt("reask", config.prompts_dir)
+        mode = config.guided_mode
+        self.guided: dict[str, GuidedSpec | None] = {
+            stage: None if mode == "off" else GuidedSpec(shape, mode)
+            for stage, shape in stage_shapes(config).items()}
         self.context_length = config.context_length or getattr(backend, "context_length", None)
         self.failures: Counter[str] = Counter()
 
@@ -167,10 +172,12 @@ class Recycler:
     async def _ask(self, messages: list[dict[str, str]], prompt: Prompt,
                    stage: str) -> tuple[list[str], dict[str, str | None]]:
         """Ask, parse, and re-ask (bounded) for the parts that are missing."""
-        request = self._request(messages)
+        request = self._request(messages, stage)
         result = await self.engine.complete(request, stage=stage)
         raws = [result.text]
         repaired = result.extra.get("repaired", 0)
+        guided = result.extra.get("guided")
+        cut = result.finish_reason == "length"
         parsed = await off_loop(parse_sections, result.text, prompt.labels, prompt.echo_phrases)
         fields = dict(parsed.fields)
         reasons = dict(parsed.reasons)
@@ -180,9 +187,11 @@ class Recycler:
             follow = self.reask_prompt.render_user(missing=list(reasons))
             messages = [*messages, {"role": "assistant", "content": result.text},
                         {"role": "user", "content": follow}]
-            result = await self.engine.complete(self._request(messages), stage=f"{stage}:reask")
+            result = await self.engine.complete(self._request(messages, stage),
+                                                stage=f"{stage}:reask")
             raws.append(result.text)
             repaired += result.extra.get("repaired", 0)
+            cut = cut or result.finish_reason == "length"
             again = await off_loop(parse_sections, result.text, tuple(reasons),
                                    prompt.echo_phrases)
             for label in list(reasons):
@@ -193,9 +202,11 @@ class Recycler:
                     reasons[label] = again.reasons[label]
         fields["__reasons__"] = reasons  # type: ignore[assignment]
         fields["__repaired__"] = repaired  # type: ignore[assignment]
+        fields["__guided__"] = guided  # type: ignore[assignment]
+        fields["__cut__"] = cut  # type: ignore[assignment]
         return raws, fields
 
-    def _request(self, messages: list[dict[str, str]]) -> ChatRequest:
+    def _request(self, messages: list[dict[str, str]], stage: str | None = None) -> ChatRequest:
         c = self.config
         max_tokens = c.max_tokens
         if self.context_length:
@@ -203,7 +214,8 @@ class Recycler:
             used += 8 * len(messages)
             max_tokens = max(16, min(max_tokens, self.context_length - used))
         return ChatRequest(messages=messages, model=c.model_name, temperature=c.temperature,
-                           top_p=c.top_p, max_tokens=max_tokens)
+                           top_p=c.top_p, max_tokens=max_tokens,
+                           guided=self.guided.get(stage) if stage else None)
 
     def _fit_context(self, rec: Record, prompt: Prompt,
                      stage: str) -> tuple[Record, str | None]:
@@ -238,6 +250,8 @@ class Recycler:
                    fields: dict[str, Any], cut_note: str | None) -> Record:
         reasons: dict[str, str] = fields.pop("__reasons__")
         repaired: int = fields.pop("__repaired__", 0)
+        guided: dict[str, str] | None = fields.pop("__guided__", None)
+        cut: bool = fields.pop("__cut__", False)
         spec = STAGE_SPECS[stage]
         changes: dict[str, Any] = {}
         for label, field in spec.fields.items():
@@ -256,13 +270,15 @@ class Recycler:
             notes.append(f"re-asked {len(raws) - 1}x")
         if repaired:
             notes.append(f"reply: {repaired} {REPAIR_NOTE}")
+        if cut:
+            notes.append("reply cut at max tokens")
         if cut_note:
             notes.append(cut_note)
         cand = base.derive(
             kind, oracle_model=self.config.model_name, prompt_id=prompt.id,
             prompt_version=prompt.version, raw="\n\n--- re-ask ---\n\n".join(raws),
             parse_status=status, fallback_reason="; ".join(notes) or None, **changes)
-        cand.extra = {"derived_from": base.kind}
+        cand.extra = {"derived_from": base.kind, **guided_extra(guided, cut)}
         return cand
 
     async def _reflection_format(self, base: Record) -> Record | None:
@@ -277,7 +293,7 @@ class Recycler:
             cand = await reflection_candidate(
                 self.engine, source, prompt, self.config.model_name,
                 with_example=self.config.use_example, reask=self.config.reask,
-                request_for=self._request)
+                request_for=lambda messages: self._request(messages, "reflection-format"))
         except Deferred:
             return None
         except (TransientError, PermanentError) as e:
@@ -288,6 +304,28 @@ class Recycler:
                 cand.output = base.output
         self.store.put_candidate(cand)
         return cand
+
+
+def guided_extra(guided: dict[str, str] | None, cut: bool) -> dict[str, Any]:
+    """A candidate's ``extra`` about its reply: the form that guided it (``off``: none) and
+    whether it was cut at max tokens."""
+    out: dict[str, Any] = {"guided": (guided or {}).get("used", "off")}
+    if cut:
+        out["cut"] = True
+    return out
+
+
+def stage_shapes(config: RecycleConfig) -> dict[str, Shape]:
+    """The declared reply shape of each of the run's stages, after checking that its prompt
+    (``--prompts`` overrides included) still asks for it: a mismatch is refused here, before
+    any call, naming the template and the missing marker."""
+    shapes: dict[str, Shape] = {}
+    for stage in config.stages:
+        name = STAGE_SPECS[stage].prompt if stage in STAGE_SPECS else "reflection_format"
+        prompt = load_prompt(name, config.prompts_dir)
+        shapes[stage] = stage_shape(stage, prompt.echo_phrases)
+        check_prompt(shapes[stage], prompt, f"{stage} stage")
+    return shapes
 
 
 # ---------------------------------------------------------------- the run
@@ -318,10 +356,11 @@ def result_settings(config: RecycleConfig) -> dict[str, Any]:
     names = {STAGE_SPECS[s].prompt for s in config.stages if s in STAGE_SPECS} | {"reask"}
     if "reflection-format" in config.stages:
         names.add("reflection_format")
+    stage_shapes(config)
     settings: dict[str, Any] = {
         "model": config.model_name, "temperature": config.temperature, "top_p": config.top_p,
         "max_tokens": config.max_tokens, "reask": config.reask, "example": config.use_example,
-        "context_length": config.context_length}
+        "context_length": config.context_length, "guided": config.guided_mode}
     for name in sorted(names):
         prompt = load_prompt(name, config.prompts_dir)
         text = json.dumps([prompt.system, prompt.user, prompt.example], ensure_ascii=False)
@@ -401,6 +440,9 @@ def recycle(input_path: str | Path, run_dir: str | Path, config: RecycleConfig |
         finally:
             if hasattr(backend, "counts"):  # replicas: calls and failures of each
                 store.set_meta("replicas", backend.counts())
+            if hasattr(backend, "guided"):  # which guided fields the endpoint took
+                store.set_meta("guided", {"mode": config.guided_mode,
+                                          **backend.guided.report()})
         out = None
         if output is not None:
             out = str(output)

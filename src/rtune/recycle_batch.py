@@ -75,6 +75,7 @@ class BatchDriver:
         self.options = run.options
         self.summary = summary
         self.folder = run.run_dir / "batches"
+        self.gone = 0  # batches found unknown to the API
         self.run_uid = run.store.get_meta("run_uid")
         if self.run_uid is None:
             self.run_uid = uuid.uuid4().hex
@@ -83,11 +84,14 @@ class BatchDriver:
     def step(self) -> None:
         for b in self.ledger.batches("api", ("preparing", "uploaded")):
             self._submit(b)
+        settled = len(self.summary.collected) + self.gone
         for b in self.ledger.batches("api", ("submitted",)):
             self._poll(b)
         for b in self.ledger.batches("api", ("finished",)):
             self._collect(b)
-        self.summary.rounds.append(self.run.collect(online=self.options.fallback_online))
+        # a round passes over the whole input: only when results came in since the last one
+        if not self.summary.rounds or len(self.summary.collected) + self.gone > settled:
+            self.summary.rounds.append(self.run.collect(online=self.options.fallback_online))
         self._submit_pending()
         s = self.summary
         s.active = len(self.ledger.batches("api", ("preparing", "uploaded", "submitted",
@@ -98,7 +102,7 @@ class BatchDriver:
     # ------------------------------------------------------------ submit
     def _submit_pending(self) -> None:
         while self.ledger.count("pending"):
-            if not self._submit(self._row(self._intent())):
+            if not self._submit(self.ledger.batch(self._intent())):
                 return  # the API is unavailable: the rest waits for the next run
 
     def _intent(self) -> str:
@@ -170,6 +174,7 @@ class BatchDriver:
                 f"batch {b['api_id']}: the API no longer knows it; its {b['lines']} "
                 "request(s) go out again")
             self.ledger.update_batch(b["id"], state="gone", reason="unknown to the API")
+            self.gone += 1
             self._settle(b["id"], "batch_lost", f"batch {b['api_id']} unknown to the API")
             return
         state = "finished" if info.finished else "submitted"
@@ -179,7 +184,8 @@ class BatchDriver:
                                  reason="; ".join(info.errors)[:500] or None)
 
     def _collect(self, b: dict[str, Any]) -> None:
-        importer = Importer(self.ledger, self.run.prices, retries=self.options.retries,
+        importer = Importer(self.ledger, self.run.prices, model=self.run.config.model_name,
+                            retries=self.options.retries,
                             resubmit=not self.options.fallback_online)
         try:
             for kind, file_id in (("output", b["output_file_id"]),
@@ -207,12 +213,9 @@ class BatchDriver:
     def _settle(self, batch_id: str, reason: str, detail: str) -> None:
         """Requests of a batch that got no result line: out again (bounded) or failed."""
         with self.ledger.transaction():
-            for key, stage in self.ledger.unanswered(batch_id):
-                self.ledger.fail(key, stage, reason, detail, retry=not
-                                 self.options.fallback_online, retries=self.options.retries)
-
-    def _row(self, batch_id: str) -> dict[str, Any]:
-        return next(b for b in self.ledger.batches("api") if b["id"] == batch_id)
+            for key, _ in self.ledger.unanswered(batch_id):
+                self.ledger.fail(key, reason, detail, retry=not self.options.fallback_online,
+                                 retries=self.options.retries)
 
 
 def _file_name(batch_id: str) -> str:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .guided import check_guided, guided_default
 from .oracle.engine import check_settings
 
 STAGES = ("compress", "instruction", "response", "both", "reflection-format")
@@ -39,6 +40,8 @@ class RecycleConfig:
     timeout: float = 120.0
     max_retries: int = 6
     batch_size: int = 8  # local oracles: generation batch
+    # auto | regex | json | grammar | off; None: auto for local oracles, off for endpoints
+    guided: str | None = None
     prices_file: str | None = None
     price_in: float | None = None
     price_out: float | None = None
@@ -67,6 +70,10 @@ class RecycleConfig:
                        context_length=self.context_length)
         if self.reask < 0:
             raise ConfigError(f"--reask must be 0 or more (got {self.reask})")
+        self.guided = check_guided(self.guided)
+        if self.mode != "online" and self.guided not in (None, "off"):
+            raise ConfigError(f"--guided {self.guided} is not available with --mode "
+                              f"{self.mode}: batch lines carry no guided fields")
 
     def _check_mode(self) -> None:
         if self.mode not in MODES:
@@ -92,6 +99,14 @@ class RecycleConfig:
         if self.model:
             return self.model
         return "smollm2-135m-instruct" if self.oracle in ("local", "llamacpp") else self.oracle
+
+    @property
+    def guided_mode(self) -> str:
+        """The ``--guided`` mode in force (:func:`rtune.guided.guided_default`); off in the
+        batch modes, whose lines carry no guided fields."""
+        if self.mode != "online":
+            return "off"
+        return guided_default(self.guided, self.oracle)
 
     @property
     def use_example(self) -> bool:

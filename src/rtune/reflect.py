@@ -49,8 +49,9 @@ class Reflector:
     def __init__(self, engine: Any, model: str, *, mode: str = "format", rounds: int = 2,
                  temperature: float = 0.0, max_tokens: int = 2048,
                  with_example: bool | None = None, prompts_dir: str | Path | None = None,
-                 stop_when_correct: bool = True):
+                 stop_when_correct: bool = True, guided: str | None = None):
         from .errors import ConfigError
+        from .guided import GuidedSpec, check_guided, check_prompt, guided_default, reflection
 
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r}: choose from {', '.join(MODES)}")
@@ -65,6 +66,13 @@ class Reflector:
         self.prompt = load_prompt("reflection_system" if mode == "format" else "reflection_loop",
                                   prompts_dir)
         self.context_length = getattr(engine.backend, "context_length", None)
+        # format mode: the three tags (reflections optional, as the system prompt says)
+        guided = guided_default(check_guided(guided), str(getattr(engine.backend, "name", "")))
+        self.guided = None
+        if mode == "format":
+            check_prompt(reflection(0), self.prompt, "reflection format")
+            if guided != "off":
+                self.guided = GuidedSpec(reflection(0), guided)
 
     @property
     def store(self) -> Any:
@@ -73,19 +81,20 @@ class Reflector:
     def key(self, question: str) -> str:
         blob = json.dumps([question, self.mode, self.rounds if self.mode == "loop" else 0,
                            self.model, self.prompt.tag, self.temperature, self.max_tokens,
-                           self.with_example, self.stop_when_correct], ensure_ascii=False)
+                           self.with_example, self.stop_when_correct]
+                          + ([self.guided.describe()] if self.guided else []), ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
-    def _request(self, messages: list[dict[str, str]]) -> ChatRequest:
+    def _request(self, messages: list[dict[str, str]], guided: Any = None) -> ChatRequest:
         max_tokens = self.max_tokens
         if self.context_length:
             used = self.engine.backend.count_tokens("".join(m["content"] for m in messages))
             max_tokens = max(16, min(max_tokens, self.context_length - used - 8 * len(messages)))
         return ChatRequest(messages=messages, model=self.model, temperature=self.temperature,
-                           max_tokens=max_tokens)
+                           max_tokens=max_tokens, guided=guided)
 
-    async def _ask(self, messages: list[dict[str, str]], stage: str) -> str:
-        result = await self.engine.complete(self._request(messages), stage=stage)
+    async def _ask(self, messages: list[dict[str, str]], stage: str, guided: Any = None) -> str:
+        result = await self.engine.complete(self._request(messages, guided), stage=stage)
         return result.text
 
     async def answer(self, item: tuple[int, str, str]) -> dict[str, Any]:
@@ -112,7 +121,7 @@ class Reflector:
 
     async def _format(self, question: str) -> dict[str, Any]:
         text = await self._ask(self.prompt.messages(with_example=self.with_example,
-                                                    question=question), "reflect")
+                                                    question=question), "reflect", self.guided)
         parsed = await off_loop(parse_reflection, text)
         return {"answer": parsed.output, "flagged": parsed.flagged, "reason": parsed.reason,
                 "thinking": parsed.thinking, "reflections": parsed.reflections, "text": text}
@@ -184,18 +193,22 @@ def reflect(questions: Iterable[str | dict[str, Any]], *, engine: Any = None,
             api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
             rpm: float | None = None, tpm: float | None = None, max_retries: int = 6,
             context_length: int | None = None, batch_size: int = 8,
-            prices: Any = None, stop_when_correct: bool = True) -> list[dict[str, Any]]:
+            prices: Any = None, stop_when_correct: bool = True,
+            guided: str | None = None) -> list[dict[str, Any]]:
     """Answer ``questions`` in the reflection format (``mode="format"``: one call with the
     reflection system prompt) or by self-reflection (``mode="loop"``: draft, then ``rounds`` x
     critique + revise, every round kept). Results come back in input order; each has
     ``answer`` (the final answer), ``thinking``, ``reflections``, ``text`` (the tagged text),
     ``flagged``/``reason`` (format mode: no usable ``<output>``), ``rounds`` (loop mode), or
     ``error`` when the model could not be reached (not stored; a rerun retries it).
+    ``guided``: the ``--guided`` mode of format mode (None: auto for a local model, off for an
+    endpoint).
 
     With ``run_dir`` (or an ``engine`` that has a store) every call and every result is kept in
     the run store: a rerun pays nothing for what is done.
     """
     from .errors import ConfigError
+    from .guided import check_guided
     from .oracle import Engine, EngineConfig, make_backend
     from .oracle.engine import check_settings
     from .store import RunStore
@@ -204,6 +217,7 @@ def reflect(questions: Iterable[str | dict[str, Any]], *, engine: Any = None,
         raise ConfigError(f"--mode {mode!r}: choose from {', '.join(MODES)}")
     if rounds < 0:
         raise ConfigError("--rounds must be >= 0")
+    check_guided(guided)
     check_settings(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=timeout,
                    max_retries=max_retries, batch_size=batch_size, max_tokens=max_tokens,
                    context_length=context_length)
@@ -223,7 +237,8 @@ def reflect(questions: Iterable[str | dict[str, Any]], *, engine: Any = None,
     try:
         reflector = Reflector(engine, name, mode=mode, rounds=rounds, temperature=temperature,
                               max_tokens=max_tokens, with_example=with_example,
-                              prompts_dir=prompts_dir, stop_when_correct=stop_when_correct)
+                              prompts_dir=prompts_dir, stop_when_correct=stop_when_correct,
+                              guided=guided)
         if engine.store is not None:
             engine.store.set_meta("reflect", {"mode": mode, "rounds": rounds, "model": name})
         results = engine.run(reflector.answer, items)

@@ -93,20 +93,27 @@ async def reflection_candidate(
         first = request
         request_for = lambda messages: replace(first, messages=messages)  # noqa: E731
     request = request_for(request.messages)
-    text = (await engine.complete(request, stage="reflection-format")).text
+    reply = await engine.complete(request, stage="reflection-format")
+    text, guided, cut = reply.text, reply.extra.get("guided"), reply.finish_reason == "length"
     raws = [text]
     problem = (await off_loop(check_reflection_reply, text))[1]
     for _ in range(reask):
         if problem is None:
             break
         request = request_for(reask_messages(request.messages, text, problem))
-        text = (await engine.complete(request, stage="reflection-format:reask")).text
+        again = await engine.complete(request, stage="reflection-format:reask")
+        text, cut = again.text, cut or again.finish_reason == "length"
         raws.append(text)
         problem = (await off_loop(check_reflection_reply, text))[1]
     cand = await off_loop(lambda t: parse_reflection_reply(record, t, system=system), text)
     cand.oracle_model, cand.prompt_id, cand.prompt_version = model, prompt.id, prompt.version
     cand.raw = "\n\n--- re-ask ---\n\n".join(raws)
-    if len(raws) > 1:
-        note = f"re-asked {len(raws) - 1}x"
-        cand.fallback_reason = f"{cand.fallback_reason}; {note}" if cand.fallback_reason else note
+    notes = [f"re-asked {len(raws) - 1}x"] if len(raws) > 1 else []
+    if cut:
+        notes.append("reply cut at max tokens")
+    if notes:
+        cand.fallback_reason = "; ".join(filter(None, [cand.fallback_reason, *notes]))
+    cand.extra["guided"] = (guided or {}).get("used", "off")
+    if cut:
+        cand.extra["cut"] = True
     return cand

@@ -293,6 +293,18 @@ def kept_kinds(decision: dict[str, Any] | None) -> list[str]:
     return [k for k in str(kept).split(",") if k] if kept else []
 
 
+def guided_parse(recs: Any) -> dict[str, dict[str, Any]]:
+    """Parse success per guided form of the reply (``off``: unguided)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in recs:
+        row = out.setdefault(str(r.extra.get("guided", "off")), {"candidates": 0, "ok": 0})
+        row["candidates"] += 1
+        row["ok"] += (r.parse_status or "ok") == "ok"
+    for row in out.values():
+        row["parse_success_rate"] = row["ok"] / row["candidates"]
+    return dict(sorted(out.items()))
+
+
 def run_summary(run: RunData) -> dict[str, Any]:
     """Oracle usage, parse/fallback rates by reason, call failures, selection counts."""
     parse: dict[str, Any] = {}
@@ -307,6 +319,7 @@ def run_summary(run: RunData) -> dict[str, Any]:
             "fallback_rate": status.get("fallback", 0) / n,
             "failure_rate": status.get("failed", 0) / n,
             "reasons": {k: {"count": c, "rate": c / n} for k, c in reasons.most_common()},
+            "guided": guided_parse(recs.values()),
         }
     sel = run.selection.values()
     selection = None

@@ -45,13 +45,17 @@ def stats_renderable(d: dict[str, Any]) -> RichGroup:
         parts.append(r)
         if run["parse"]:
             p = Table(title="parse results", title_justify="left")
-            for col in ("kind", "candidates", "fallback", "failed", "reasons"):
-                p.add_column(col, justify="left" if col in ("kind", "reasons") else "right")
+            for col in ("kind", "candidates", "fallback", "failed", "parse ok", "reasons"):
+                p.add_column(col, justify="left" if col in ("kind", "reasons", "parse ok")
+                             else "right")
             for kind, v in run["parse"].items():
                 reasons = "; ".join(f"{k} {c['count']} ({100 * c['rate']:.1f}%)"
                                     for k, c in v["reasons"].items())
+                split = "; ".join(f"{'unguided' if f == 'off' else 'guided ' + f} "
+                                  f"{g['ok']}/{g['candidates']}"
+                                  for f, g in (v.get("guided") or {}).items())
                 p.add_row(kind, str(v["candidates"]), f"{100 * v['fallback_rate']:.1f}%",
-                          f"{100 * v['failure_rate']:.1f}%", reasons)
+                          f"{100 * v['failure_rate']:.1f}%", split, reasons)
             parts.append(p)
         sel = run["selection"]
         if sel:

@@ -441,6 +441,16 @@ class RunStore:
             out.setdefault(kind, {})[status] = n
         return out
 
+    def candidate_counts_by_guided(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Candidates per kind, per guided form of their reply (``extra.guided``; ``off``
+        when unguided or made before it was recorded), per parse status."""
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for kind, form, status, n in self.db.execute(
+                "SELECT kind, COALESCE(json_extract(data, '$.extra.guided'), 'off'), status, "
+                "COUNT(*) FROM candidates WHERE kind != 'orig' GROUP BY 1, 2, 3"):
+            out.setdefault(kind, {}).setdefault(form, {})[status] = n
+        return out
+
     def fallback_reasons(self) -> dict[str, int]:
         cur = self.db.execute(
             "SELECT kind || ': ' || reason, COUNT(*) FROM candidates WHERE reason IS NOT NULL "

@@ -48,6 +48,16 @@ def add_oracle_arguments(p: argparse.ArgumentParser, *, flag: str = "--oracle",
     g.add_argument("--price-out", type=float, default=None, help="USD per 1M output tokens")
 
 
+def add_guided_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--guided", default=None, choices=("auto", "regex", "json", "grammar", "off"),
+                   help="guided output: every reply in its declared shape, by construction. "
+                   "Local models: constrained decoding (llguidance). Endpoints: the shape as a "
+                   "regex (vLLM/SGLang), a GBNF grammar (llama.cpp server) or a JSON schema "
+                   "(OpenAI structured outputs); auto tries them in turn and goes on unguided "
+                   "where the server refuses them (found once, recorded). Default: auto for "
+                   "local models, off for endpoints")
+
+
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, ensure_ascii=False, default=str)
     sys.stdout.write("\n")

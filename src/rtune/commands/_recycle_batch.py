@@ -77,7 +77,8 @@ def _print_imports(reports: list[FileReport]) -> int:
 
 
 def _print_round(r: RoundReport) -> None:
-    print(f"round {r.round}: {r.new} new request(s), {r.deferred} waiting for a result" +
+    head = f"round {r.round}: {r.new} new request(s)" if r.new else "no new requests"
+    print(f"{head}, {r.deferred} waiting for a result" +
           (f", {r.online} run online" if r.online else ""))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from ._common import add_oracle_arguments, print_json
+from ._common import add_guided_argument, add_oracle_arguments, print_json
 
 HELP = "pairwise judge two models' answers in both orders (W/T/L, win-rate score)"
 
@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bootstrap resamples for the win-rate score's 95%% interval")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the full results as JSON")
+    add_guided_argument(p)
     add_oracle_arguments(p, flag="--judge", default="local")
 
 
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
                         run_dir=args.run_dir, out_dir=args.output,
                         allow_partial=args.allow_partial, allow_empty=args.allow_empty,
                         prompts_dir=args.prompts, max_tokens=args.max_tokens, options=options,
-                        progress=not args.no_progress, resamples=args.resamples)
+                        progress=not args.no_progress, resamples=args.resamples,
+                        guided=args.guided)
     if args.json:
         print_json(results)
     else:

@@ -14,12 +14,9 @@ on round 1); --wait polls until done. export writes the pending requests as shar
 files in the OpenAI batch format, for vLLM's batch runner or any engine that reads it; import
 brings their result files back (--mode import FILE...) and writes the next round's requests.
 
-  rtune recycle data.json --run-dir runs/d --oracle https://api.openai.com/v1 \
-        --model gpt-4o-mini --mode batch
-  rtune recycle data.json --run-dir runs/d --model Qwen/Qwen2.5-72B-Instruct \
-        --mode export --shards 16 --requests-dir requests/
-  rtune recycle data.json --run-dir runs/d --model Qwen/Qwen2.5-72B-Instruct \
-        --mode import out/*.jsonl
+  rtune recycle data.json --oracle https://api.openai.com/v1 --model gpt-4o-mini --mode batch
+  rtune recycle data.json --model Qwen/Qwen2.5-7B-Instruct --mode export --shards 16
+  rtune recycle data.json --model Qwen/Qwen2.5-7B-Instruct --mode import out/*.jsonl
 
 Exit status: 0 all done (or batches submitted and running); 1 some oracle calls failed (a rerun
 retries them), some result lines were refused or unreadable, or the run stopped because the
@@ -32,7 +29,7 @@ import argparse
 
 from ..io import OUTPUT_FORMATS, input_output_format
 from ..recycle_config import DEFAULT_STAGES, MODES, STAGES, RecycleConfig
-from ._common import add_oracle_arguments, print_json
+from ._common import add_guided_argument, add_oracle_arguments, print_json
 
 HELP = "reflect on every record with an oracle LLM and write the candidates"
 
@@ -68,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print calls, estimated tokens and cost; call nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_guided_argument(p)
     add_oracle_arguments(p, replicas=True)
     add_batch_arguments(p)
 
@@ -75,8 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("batch modes")
     g.add_argument("--mode", nargs="+", default=["online"], metavar=("MODE", "RESULT"),
-                   help=f"{' | '.join(MODES)}; import takes the result files after it "
-                   "(--mode import out/*.jsonl)")
+                   help=f"{' | '.join(MODES)} (default online); import takes the result "
+                   "files after it (--mode import out/*.jsonl)")
     g.add_argument("--requests-dir", default=None, metavar="DIR",
                    help="export (and the round after an import): write request files in "
                    "DIR/round-N/ (default: the last export's)")
@@ -121,7 +119,7 @@ def config_from_args(args: argparse.Namespace) -> RecycleConfig:
         tpm=args.tpm, timeout=args.timeout, max_retries=args.max_retries,
         batch_size=args.batch_size, prices_file=args.prices, price_in=args.price_in,
         price_out=args.price_out, skip_invalid=args.skip_invalid, limit=args.limit,
-        progress=not args.no_progress)
+        progress=not args.no_progress, guided=args.guided)
 
 
 def run(args: argparse.Namespace) -> int:

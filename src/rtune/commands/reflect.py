@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..io import json_items
-from ._common import add_oracle_arguments
+from ._common import add_guided_argument, add_oracle_arguments
 
 HELP = "answer questions with <thinking>/<reflection>/<output> (format or self-reflection loop)"
 
@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "models only)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
     p.add_argument("--max-tokens", type=int, default=2048, help="reply budget per call")
+    add_guided_argument(p)
     add_oracle_arguments(p)
 
 
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         context_length=args.context_length, batch_size=args.batch_size,
         prices=Prices.load(args.prices, model=default_model_name(args.oracle, args.model),
                            price_in=args.price_in, price_out=args.price_out),
-        stop_when_correct=not args.no_early_stop)
+        stop_when_correct=not args.no_early_stop, guided=args.guided)
     failed = sum(1 for r in results if r.get("error"))
     if not is_file:
         _show(results[0], args.show_thinking)

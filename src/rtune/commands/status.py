@@ -32,7 +32,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     total = s["input_records"]
     print(f"run {s['run_dir']}  input {s['input']}")
-    print(f"oracle {s['oracle']} {s['model'] or ''}".rstrip())
+    if s.get("mode") in ("export", "import"):
+        print(f"oracle: batch files (export/import) for {s['model']}")
+    else:
+        print(f"oracle {s['oracle']} {s['model'] or ''}".rstrip())
     print(f"records: {s['records_seen']}/{total if total is not None else '?'} started, "
           f"{s['multi_turn_passed_through']} multi-turn passed through")
     for stage, st in s["stages"].items():
@@ -40,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
         rate_s = f"{rate:.0%}" if rate is not None else "-"
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(st["by_status"].items()))
         print(f"  {stage:12s} {st['done']:6d} done  parse ok {rate_s:>4s}  ({statuses})")
+        guided = st.get("guided") or {}
+        if set(guided) - {"off"}:  # parse success split by guided / unguided replies
+            print("  " + " " * 12 + "  " + ", ".join(
+                f"{'unguided' if form == 'off' else 'guided ' + form}: {g['ok']}/{g['done']} ok"
+                for form, g in guided.items()))
     c = s["calls"]
     print(f"oracle calls {c['calls']}, tokens in {c['tokens_in']:,}, out {c['tokens_out']:,}, "
           f"cost ${c['cost']:.4f}")
@@ -52,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         print("fallbacks and re-asks (by reason):")
         for reason, n in list(s["fallbacks"].items())[:15]:
             print(f"  {n:6d}  {reason}")
+    if s.get("guided"):
+        g = dict(s["guided"])
+        print(f"guided output ({g.pop('mode', '?')}): " + (", ".join(
+            f"{k} {v}" for k, v in g.items()) or "nothing learnt from the endpoint"))
     _print_batches(s)
     _print_replicas(s.get("replicas"))
     if s["invalid_input"]:
@@ -67,7 +79,8 @@ def _print_batches(s: dict) -> None:
     if not batch:
         return
     states = ", ".join(f"{k} {v}" for k, v in sorted(batch["requests"].items()))
-    print(f"batch requests ({s.get('mode')} mode): {states}")
+    via = "the Batch API" if s.get("mode") == "batch" else "batch files (export/import)"
+    print(f"batch requests, through {via}: {states}")
     for rnd, stages in batch["rounds"].items():
         print(f"  round {rnd}: " + ", ".join(f"{k} {v}" for k, v in stages.items()))
     labels = {"resubmitting": "went back to be sent again", "resubmitted": "sent again",

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from ..errors import RtuneError
+from ..guided import GuidedSpec
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class ChatRequest:
     top_p: float = 1.0
     max_tokens: int = 2048
     stop: tuple[str, ...] | None = None
+    # the reply's shape and --guided mode; part of the key (a guided call is another call)
+    guided: GuidedSpec | None = None
 
     def payload(self) -> dict:
         d = asdict(self)
@@ -26,6 +29,10 @@ class ChatRequest:
             del d["stop"]
         else:
             d["stop"] = list(d["stop"])
+        if self.guided is None:
+            del d["guided"]
+        else:
+            d["guided"] = self.guided.describe()
         return d
 
     def key(self) -> str:

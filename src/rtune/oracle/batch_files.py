@@ -58,8 +58,10 @@ class Result:
 
 def parse_result(raw: bytes | str) -> Result:
     """Read one result line; raises :class:`BadLine` with what is wrong."""
-    try:
-        obj = json.loads(raw)
+    try:  # bytes decoded here: json's own detection of their encoding costs more
+        obj = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except UnicodeDecodeError:
+        raise BadLine("not UTF-8 text") from None
     except ValueError:
         raise BadLine("not a JSON line (cut short or damaged)") from None
     if not isinstance(obj, dict):

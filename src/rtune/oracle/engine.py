@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
+from ..guided import NAMESPACE as GUIDED
 from ..store import RunStore
 from ..text import repair_text
 from .base import (
@@ -122,9 +123,11 @@ class Engine:
             hit = self.store.get_call(key)
             if hit is not None:
                 self.stats.cached += 1
+                guided = self.store.get_item(GUIDED, key) if request.guided else None
                 return ChatResult(text=hit["text"], tokens_in=hit["tokens_in"],
                                   tokens_out=hit["tokens_out"], model=hit["model"],
-                                  finish_reason=hit["finish_reason"], cached=True)
+                                  finish_reason=hit["finish_reason"], cached=True,
+                                  extra={"guided": guided} if guided else {})
         if key in self._inflight:  # the same request already on its way: share it
             return await asyncio.shield(self._inflight[key])
         future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
@@ -208,6 +211,8 @@ class Engine:
                                 response=result.text, finish_reason=result.finish_reason,
                                 tokens_in=result.tokens_in, tokens_out=result.tokens_out,
                                 cost=cost, latency=result.latency)
+            if result.extra.get("guided"):  # how this call was guided, or why it was not
+                self.store.put_item(GUIDED, key, result.extra["guided"])
         s = self.stats
         s.calls += 1
         s.tokens_in += result.tokens_in

@@ -18,6 +18,7 @@ from .base import (
     PermanentError,
     TransientError,
 )
+from .guided_http import GuidedEndpoint
 
 
 def _retry_after(response: httpx.Response | None) -> float | None:
@@ -57,6 +58,7 @@ class HttpBackend:
         self.client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout,
             http_client=_http_client(max_connections, timeout))
+        self.guided = GuidedEndpoint(base_url)  # which guided fields this server takes
 
     def count_tokens(self, text: str) -> int:
         return len(text) // 4 + 1  # no tokenizer for a remote model: ~4 characters a token
@@ -67,15 +69,20 @@ class HttpBackend:
                       "max_tokens": request.max_tokens}
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.guided is not None:
+            return await self.guided.complete(self, request, body, timeout)
+        return self._result(await self.post(body, timeout), request)
+
+    async def post(self, body: dict, timeout: float | None) -> object:
+        """One POST of ``body`` to /chat/completions; errors as rtune's."""
         try:
             # the SDK's own request path (auth, errors, transport) with a plain dict in and
             # out: its typed params/models cost ~2.5 ms CPU per call, more than all the rest
-            resp = await self.client.post("/chat/completions", body=body,
+            return await self.client.post("/chat/completions", body=body,
                                           cast_to=dict[str, object],
                                           options={"timeout": timeout} if timeout else {})
         except (openai.OpenAIError, ValueError) as e:
             raise self._error(e) from None
-        return self._result(resp, request)
 
     def _error(self, e: Exception) -> Exception:
         """The rtune error for an SDK exception; its text redacted for the key in use."""

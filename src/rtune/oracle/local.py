@@ -12,8 +12,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from ..guided import GuidedSpec, from_json, provenance
 from ..models import context_length, load_model, load_tokenizer, model_name
 from .base import ChatRequest, ChatResult, PermanentError
 
@@ -43,6 +44,7 @@ class GenerationOutput:
     tokens_out: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     token_ids: list[int] = field(default_factory=list)
+    guided: dict[str, str] | None = None  # how the row was guided (None: not asked to be)
 
 
 class LocalBackend:
@@ -70,6 +72,7 @@ class LocalBackend:
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Future[ChatResult]] = {}
+        self._guide: Any = None
 
     # -- Backend protocol ------------------------------------------------------------------
 
@@ -122,11 +125,13 @@ class LocalBackend:
 
     def generate(self, prompts: list[list[int]], *, max_new: list[int],
                  stops: list[tuple[str, ...] | None], temperature: float = 0.0,
-                 top_p: float = 1.0,
-                 cancel: threading.Event | None = None) -> list[GenerationOutput]:
+                 top_p: float = 1.0, cancel: threading.Event | None = None,
+                 guided: list[GuidedSpec | None] | None = None) -> list[GenerationOutput]:
         """One left-padded batch through ``model.generate``; rows stop on EOS, their own stop
         strings or their own token budget. Setting ``cancel`` (from any thread) ends the batch
-        after the token being computed; its outputs are then cut short and not to be used."""
+        after the token being computed; its outputs are then cut short and not to be used.
+        A row with a ``guided`` spec is decoded under its shape's grammar (llguidance); a JSON
+        reply comes back as the shape's marked text."""
         import torch
 
         with self._lock:
@@ -139,9 +144,13 @@ class LocalBackend:
             rows = _RowStop(self.tokenizer, width, max_new, stops, eos)
             criteria = StoppingCriteriaList([rows] + ([_Cancelled(cancel)] if cancel else []))
             kwargs: dict[str, Any] = {"do_sample": False}
+            specs = guided if guided and any(guided) else None
+            grammar = None
+            if specs is not None:
+                grammar = self.guide(eos).processor(specs, width, rows.done)
+                kwargs["logits_processor"] = LogitsProcessorList([grammar])
             if temperature > 0:
-                kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p,
-                          "top_k": 0}
+                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
             with torch.inference_mode():
                 out = model.generate(
                     input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
@@ -154,8 +163,19 @@ class LocalBackend:
                 cut = _first_stop(text, stops[i])
                 if cut is not None:
                     text, reason = text[:cut], "stop"
-                results.append(GenerationOutput(text, n, reason, row[:n]))
+                how = None
+                if specs is not None and specs[i] is not None:
+                    text, how = _guided_text(specs[i], text, grammar, i)
+                results.append(GenerationOutput(text, n, reason, row[:n], how))
             return results
+
+    def guide(self, eos: list[int]) -> Any:
+        """The llguidance view of this backend's tokenizer (built on first use)."""
+        if self._guide is None:
+            from .guided_local import LocalGuide
+
+            self._guide = LocalGuide(self.tokenizer, eos)
+        return self._guide
 
     # -- the micro-batcher ------------------------------------------------------------------
 
@@ -218,7 +238,7 @@ class LocalBackend:
             outputs = await asyncio.to_thread(
                 self.generate, [j.ids for j in batch], max_new=[j.max_new for j in batch],
                 stops=[j.request.stop for j in batch], temperature=req.temperature,
-                top_p=req.top_p, cancel=cancel)
+                top_p=req.top_p, cancel=cancel, guided=[j.request.guided for j in batch])
         except asyncio.CancelledError:
             cancel.set()
             raise
@@ -233,7 +253,8 @@ class LocalBackend:
             if not job.future.done():
                 job.future.set_result(ChatResult(
                     text=out.text, tokens_in=len(job.ids), tokens_out=out.tokens_out,
-                    finish_reason=out.finish_reason, model=self.name))
+                    finish_reason=out.finish_reason, model=self.name,
+                    extra={"guided": out.guided} if out.guided else {}))
 
 
 class _RowStop(StoppingCriteria):
@@ -279,6 +300,22 @@ class _Cancelled(StoppingCriteria):
 
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
                           device=input_ids.device)
+
+
+def _guided_text(spec: GuidedSpec, text: str, grammar: Any,
+                 row: int) -> tuple[str, dict[str, str]]:
+    """A guided row's text (a JSON reply mapped to the marked text) and its provenance."""
+    from .guided_local import ENGINE
+
+    used = "grammar" if spec.mode == "auto" else spec.mode
+    note = grammar.errors.get(row)
+    if spec.mode == "json":
+        marked = from_json(spec.shape, text)
+        if marked is not None:
+            text = marked
+        else:
+            note = note or "the JSON reply is incomplete (cut at max tokens)"
+    return text, provenance(spec.mode, used, ENGINE, note)
 
 
 def _first_stop(text: str, stops: tuple[str, ...] | None) -> int | None:

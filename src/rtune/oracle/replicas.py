@@ -32,6 +32,7 @@ class Replica:
     streak: int = 0  # failures in a row
     down_until: float = 0.0
     last_error: str | None = None
+    last_reason: str | None = None  # of the last call: None when it was answered
 
     def counts(self) -> dict[str, Any]:
         return {"url": self.url, "calls": self.calls, "failures": dict(self.failures),
@@ -73,8 +74,11 @@ class ReplicaBackend:
                 replica.inflight -= 1
             replica.calls += 1
             replica.streak = 0
+            replica.last_reason = None
             return result
         if last is None:  # every replica is backed off: wait for the first to come back
+            if all(r.last_reason == "connection_refused" for r in self.replicas):
+                raise ConnectionRefused(f"nothing listens at {self.name}")
             soonest = min(r.down_until for r in self.replicas) - time.monotonic()
             raise TransientError("replicas_down", "every replica is backed off",
                                  retry_after=max(soonest, 0.05))
@@ -89,6 +93,7 @@ class ReplicaBackend:
         replica.failures[e.reason] = replica.failures.get(e.reason, 0) + 1
         replica.streak += 1
         replica.last_error = str(e)[:200]
+        replica.last_reason = e.reason
         delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (replica.streak - 1))
         if e.retry_after is not None:
             delay = min(BACKOFF_MAX, max(e.retry_after, 0.0))

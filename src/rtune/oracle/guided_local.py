@@ -1,0 +1,164 @@
+"""Constrained decoding for local transformers models with llguidance.
+
+llguidance (the grammar engine inside llama.cpp and one of vLLM's) ships as a wheel with no
+dependencies. Per generation batch, one matcher per guided row follows the tokens it takes, and
+before each step a processor masks the logits of every token the row's grammar does not allow
+(the masks of all rows are computed in one parallel call). Unguided rows of the same batch are
+left alone, and so are rows that have finished.
+
+Where a row's model would end its reply (its best token is end-of-sequence) but the grammar
+still needs a marker, the processor writes that marker, token by token, instead of the best
+token the grammar allows: a free text ends where the model ended it, and the shape's next
+marker follows. Texts have no length limit, so a row that never wants to end is cut by its
+token budget, as unguided. In the llguidance form no text may hold a marker of its shape, so a
+marker the grammar allows is always the structural one; of several, the furthest is written (the
+end of the thinking rather than another reflection).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..extras import require
+from ..guided import GuidedSpec, bridges
+from ..guided_forms import json_schema, lark, regex
+
+ENGINE = "llguidance"
+
+
+def _llguidance() -> Any:
+    require("local", "guided local generation")
+    import llguidance
+
+    return llguidance
+
+
+class LocalGuide:
+    """llguidance's view of one tokenizer (built once, ~1 s) and the grammars compiled for it.
+
+    ``auto`` and ``grammar`` use the llguidance form (texts kept free of everything the
+    parser would misread), ``regex`` the servers' regex, ``json`` the JSON schema (the reply is
+    then mapped back to the marked text)."""
+
+    def __init__(self, tokenizer: Any, eos: list[int]):
+        llg = _llguidance()
+        import llguidance.hf
+
+        self.llg = llg
+        self.hf = tokenizer
+        self.eos = list(eos)
+        self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, eos_token=self.eos or None)
+        self.vocab = self.tokenizer.vocab_size
+        self._grammars: dict[GuidedSpec, str] = {}
+        self._bridges: dict[GuidedSpec, list[list[list[int]]]] = {}
+
+    def grammar(self, spec: GuidedSpec) -> str:
+        """The compiled grammar of ``spec`` (compiled once per spec)."""
+        if spec not in self._grammars:
+            self._grammars[spec] = self._compile(spec)
+        return self._grammars[spec]
+
+    def _compile(self, spec: GuidedSpec) -> str:
+        llg = self.llg
+        if spec.mode == "json":
+            source = llg.LLMatcher.grammar_from_json_schema(json_schema(spec.shape))
+        elif spec.mode == "regex":
+            source = llg.LLMatcher.grammar_from_regex(regex(spec.shape))
+        else:
+            source = llg.LLMatcher.grammar_from_lark(lark(spec.shape))
+        error = llg.LLMatcher.validate_grammar(source, self.tokenizer)
+        if error:
+            raise ValueError(f"llguidance refused the {spec.shape.name} grammar: {error}")
+        return source
+
+    def bridges(self, spec: GuidedSpec) -> list[list[list[int]]]:
+        """The token ids of :func:`~rtune.guided.bridges` (none for JSON replies)."""
+        if spec not in self._bridges:
+            self._bridges[spec] = [] if spec.mode == "json" else [
+                [self.hf.encode(text, add_special_tokens=False) for text in variants]
+                for variants in bridges(spec.shape)]
+        return self._bridges[spec]
+
+    def processor(self, specs: list[GuidedSpec | None], width: int,
+                  done: list[Any]) -> GrammarProcessor:
+        matchers = [None if s is None else self.llg.LLMatcher(self.tokenizer, self.grammar(s))
+                    for s in specs]
+        return GrammarProcessor(self, specs, matchers, width, done)
+
+
+class GrammarProcessor:
+    """A transformers logits processor: masks each guided row to its grammar's next tokens.
+
+    ``done`` is the batch's per-row stopping record (None while a row runs); a finished row's
+    padding is never fed to its matcher."""
+
+    def __init__(self, guide: LocalGuide, specs: list[GuidedSpec | None], matchers: list[Any],
+                 width: int, done: list[Any]):
+        import numpy as np
+
+        self.guide = guide
+        self.specs = specs
+        self.matchers = matchers
+        self.width = width
+        self.done = done
+        self.words = (guide.vocab + 31) // 32
+        self.bits = np.zeros((len(matchers), self.words), dtype=np.int32)
+        self.executor = guide.llg.LLExecutor()
+        self.errors: dict[int, str] = {}
+        self.forced: dict[int, list[int]] = {}  # a marker being written: its tokens to come
+        self.bridged = [0] * len(matchers)  # markers written where the model ended a text
+
+    def _live(self) -> list[int]:
+        return [i for i, m in enumerate(self.matchers)
+                if m is not None and self.done[i] is None and i not in self.errors]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+        import torch
+
+        rows = self._live()
+        if not rows:
+            return scores
+        if input_ids.shape[1] > self.width:
+            last = input_ids[:, -1].tolist()
+            for i in rows:
+                if not self.matchers[i].consume_token(last[i]):
+                    self.errors[i] = self.matchers[i].get_error() or "token refused"
+                queue = self.forced.get(i)
+                if queue and queue[0] == last[i]:
+                    queue.pop(0)
+            rows = self._live()
+            if not rows:
+                return scores
+        best = scores[rows].argmax(dim=-1).tolist()
+        self.executor.unsafe_compute_mask_ptr(
+            [(self.matchers[i], i) for i in rows], self.bits.ctypes.data, self.words * 4,
+            len(self.matchers))
+        allowed = np.unpackbits(self.bits[rows].view(np.uint8), axis=1, bitorder="little")
+        for k, i in enumerate(rows):
+            token = self.forced[i][0] if self.forced.get(i) else None
+            if token is None and best[k] in self.guide.eos and not any(
+                    allowed[k, e] for e in self.guide.eos if e < allowed.shape[1]):
+                token = self._forced(i)
+            if token is not None:
+                allowed[k] = 0
+                allowed[k, token] = 1
+        n = min(scores.shape[1], allowed.shape[1], self.guide.vocab)
+        mask = torch.ones((len(rows), scores.shape[1]), dtype=torch.bool)
+        mask[:, :n] = torch.from_numpy(allowed[:, :n] == 0)
+        index = torch.tensor(rows, device=scores.device)
+        scores[index] = scores[index].masked_fill(mask.to(scores.device), float("-inf"))
+        return scores
+
+    def _forced(self, row: int) -> int | None:
+        """The first token of the furthest marker the grammar allows here, or None."""
+        spec = self.specs[row]
+        assert spec is not None
+        matcher = self.matchers[row]
+        for variants in reversed(self.guide.bridges(spec)):
+            for tokens in variants:
+                if tokens and matcher.validate_tokens(tokens) == len(tokens):
+                    self.forced[row] = list(tokens)
+                    self.bridged[row] += 1
+                    return tokens[0]
+        return None
