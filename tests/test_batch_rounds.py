@@ -183,6 +183,7 @@ def test_error_lines_go_out_again_and_context_errors_cut_the_answer(tmp_path):
 
     results = run_round(s.export, tmp_path / "out", error=error)
     s = import_round(src, tmp_path / "run", config(), results, opts)
+    results = [r.rename(r.with_name("first-" + r.name)) for r in results]  # kept aside
     assert s.imports[0].errors == {"http_500": 1, "context_length": 1}
     round2 = [json.loads(line) for f, _ in s.export.files for line in open(f)]
     users = [r["body"]["messages"][-1]["content"] for r in round2]
@@ -196,8 +197,12 @@ def test_error_lines_go_out_again_and_context_errors_cut_the_answer(tmp_path):
     assert {k for k in got if k[1] != "orig"} == {(i, k) for i in range(3)
                                                   for k in ("ins", "res", "both")}
     assert "answer cut in half after a context-length error" in got[(2, "res")][4]
-    status = main(["status", str(tmp_path / "run")])
-    assert status == 0
+    # the first round's file again, error lines included, after later rounds: no change
+    tables = [table(tmp_path / "run", t) for t in ("calls", "batch_requests", "failures")]
+    again = import_round(src, tmp_path / "run", config(), results, opts)
+    assert again.imports[0].imported == 0 and not again.imports[0].errors
+    assert [table(tmp_path / "run", t) for t in ("calls", "batch_requests", "failures")] == tables
+    assert main(["status", str(tmp_path / "run")]) == 0
 
 
 def test_cli_export_import_rounds_and_status(tmp_path, capsys):
