@@ -48,6 +48,7 @@ def recycle_part(backend: LocalBackend, data: Path, args: argparse.Namespace,
     src = tmp / "records.json"
     src.write_text(json.dumps(rows))
     wall = dict.fromkeys(MODES, 0.0)
+    cpu = dict.fromkeys(MODES, 0.0)
     for start in range(0, len(rows), args.chunk):
         end = min(start + args.chunk, len(rows))
         order = MODES if (start // args.chunk) % 2 == 0 else MODES[::-1]
@@ -55,9 +56,10 @@ def recycle_part(backend: LocalBackend, data: Path, args: argparse.Namespace,
             config = RecycleConfig(oracle="local", stages=STAGES, max_tokens=args.max_tokens,
                                    reask=0, guided=mode, batch_size=args.batch_size,
                                    concurrency=2 * args.batch_size, limit=end, progress=False)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             recycle(src, tmp / mode, config, backend=backend)
             wall[mode] += time.perf_counter() - t
+            cpu[mode] += time.process_time() - c
         print(f"  records {end}/{len(rows)}: off {wall['off']:.0f} s, "
               f"guided {wall['auto']:.0f} s", flush=True)
     out: dict[str, Any] = {}
@@ -69,9 +71,12 @@ def recycle_part(backend: LocalBackend, data: Path, args: argparse.Namespace,
                 cands = list(store.candidates(KINDS[stage]))
                 stages[stage] = {"n": len(cands),
                                  "ok": sum(c.parse_status == "ok" for c in cands),
-                                 "cut": sum(bool(c.extra.get("cut")) for c in cands)}
+                                 "cut": sum(bool(c.extra.get("cut")) for c in cands),
+                                 "ok_done": sum(c.parse_status == "ok" and not c.extra.get("cut")
+                                                for c in cands)}
         out[mode] = {"stages": stages, "tokens_out": calls["tokens_out"], "wall": wall[mode],
-                     "tok_s": calls["tokens_out"] / wall[mode]}
+                     "tok_s": calls["tokens_out"] / wall[mode],
+                     "tok_cpu_s": calls["tokens_out"] / cpu[mode]}
     return out
 
 
@@ -106,79 +111,83 @@ def judge_part(backend: LocalBackend, args: argparse.Namespace, tmp: Path) -> di
     return out
 
 
-def engines_part(backend: LocalBackend, args: argparse.Namespace) -> list[tuple]:
-    """llguidance vs xgrammar: the response shape as a regex, the same batched generation."""
+REPLY = ("Critique: the answer is not helpful: it repeats the goal instead of giving a tip, "
+         "and it has no detail.\n\n[Better Answer] " + " ".join(
+             f"Tip {i}: keep a regular schedule, go to bed at the same time every day (even on "
+             f"weekends), and avoid screens for an hour before sleep." for i in range(1, 9))
+         + " [End]")
+
+
+def engines_part(args: argparse.Namespace) -> list[tuple[str, float, float, float]]:
+    """llguidance vs xgrammar on the embedded model's tokenizer: each engine masks a batch of
+    rows replaying the same ~300-token response-stage reply, one token at a time, and the mask
+    is applied to a batch of logits (what a logits processor does each step), twice: cold (a
+    new grammar) and warm (the next batch). The model's own compute is left out: on a shared
+    CPU it varies far more than the engines differ."""
+    import torch
+
     from rtune.guided import GuidedSpec, stage_shape
     from rtune.guided_forms import regex
+    from rtune.models import load_tokenizer
     from rtune.oracle.guided_local import LocalGuide
 
-    shape = stage_shape("response")
-    prompt = backend.prompt_ids([{"role": "user", "content": "Give three tips for sleeping "
-                                  "well. Critique the answer 'Sleep.', then write a better "
-                                  "answer between [Better Answer] and [End]."}])
-    batch = [prompt] * args.batch_size
+    tok = load_tokenizer("local")
+    ids = tok.encode(REPLY, add_special_tokens=False)
+    n, vocab = args.batch_size, len(tok)
+    shape = stage_shape("response", ("your better answer", "your answer here"))
     rows = []
-    t = time.perf_counter()
-    backend.generate(batch, max_new=[args.max_tokens] * len(batch), stops=[None] * len(batch))
-    plain = time.perf_counter() - t
-    rows.append(("unguided", 0.0, plain))
-    guide = LocalGuide(backend.tokenizer, [backend.tokenizer.eos_token_id])
-    spec = GuidedSpec(shape, "regex")
-    t = time.perf_counter()
-    guide.grammar(spec)
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    backend._guide = guide
-    backend.generate(batch, max_new=[args.max_tokens] * len(batch), stops=[None] * len(batch),
-                     guided=[spec] * len(batch))
-    rows.append(("llguidance", compile_s, time.perf_counter() - t))
+    guide = LocalGuide(tok, [tok.eos_token_id])
+    for mode, label in (("regex", "llguidance, regex form"), ("auto", "llguidance, own form")):
+        spec = GuidedSpec(shape, mode)
+        t = time.perf_counter()
+        guide.grammar(spec)
+        compile_s = time.perf_counter() - t
+        times = []
+        for _ in range(2):
+            proc = guide.processor([spec] * n, 0, [None] * n)
+            times.append(_replay(proc, ids, n, vocab))
+            assert not proc.errors and all(m.is_accepting() for m in proc.matchers)
+            proc.finish()
+        rows.append((label, compile_s, *times))
     try:
         import xgrammar as xgr
     except ImportError:
-        rows.append(("xgrammar (not installed)", None, None))
+        rows.append(("xgrammar (not installed)", float("nan"), float("nan"), float("nan")))
         return rows
-    from transformers import LogitsProcessorList
-
     t = time.perf_counter()
-    info = xgr.TokenizerInfo.from_huggingface(backend.tokenizer,
-                                              vocab_size=backend.model.config.vocab_size)
+    info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=vocab)
     compiled = xgr.GrammarCompiler(info).compile_regex(regex(shape))
     compile_s = time.perf_counter() - t
-    processor = _XgrProcessor(xgr, compiled, len(batch), len(prompt),
-                              backend.model.config.vocab_size)
-    t = time.perf_counter()
-    _generate_with(backend, batch, LogitsProcessorList([processor]), args.max_tokens)
-    rows.append(("xgrammar", compile_s, time.perf_counter() - t))
+    bitmask = xgr.allocate_token_bitmask(n, vocab)
+    times = []
+    for _ in range(2):
+        matchers = [xgr.GrammarMatcher(compiled) for _ in range(n)]
+
+        def xgr_step(input_ids: torch.Tensor, scores: torch.Tensor,
+                     matchers: list[Any] = matchers) -> torch.Tensor:
+            if input_ids.shape[1]:
+                for m, token in zip(matchers, input_ids[:, -1].tolist()):
+                    m.accept_token(token)
+            for i, m in enumerate(matchers):
+                m.fill_next_token_bitmask(bitmask, i)
+            xgr.apply_token_bitmask_inplace(scores, bitmask)
+            return scores
+
+        times.append(_replay(xgr_step, ids, n, vocab))
+        assert all(m.accept_token(tok.eos_token_id) for m in matchers)
+    rows.append(("xgrammar, regex form", compile_s, *times))
     return rows
 
 
-class _XgrProcessor:
-    def __init__(self, xgr: Any, compiled: Any, n: int, width: int, vocab: int):
-        self.xgr, self.width, self.vocab = xgr, width, vocab
-        self.matchers = [xgr.GrammarMatcher(compiled) for _ in range(n)]
-        self.bitmask = xgr.allocate_token_bitmask(n, vocab)
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        if input_ids.shape[1] > self.width:
-            for m, t in zip(self.matchers, input_ids[:, -1].tolist()):
-                if not m.is_terminated():
-                    m.accept_token(t)
-        for i, m in enumerate(self.matchers):
-            m.fill_next_token_bitmask(self.bitmask, i)
-        self.xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
-        return scores
-
-
-def _generate_with(backend: LocalBackend, batch: list[list[int]], processors: Any,
-                   max_new: int) -> None:
+def _replay(step: Any, ids: list[int], n: int, vocab: int) -> float:
+    """Milliseconds per token of ``step`` over ``ids`` for ``n`` rows (the first step included)."""
     import torch
 
-    pad = backend.tokenizer.pad_token_id
-    ids = torch.tensor(batch)
-    with torch.inference_mode():
-        backend.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                               max_new_tokens=max_new, do_sample=False, pad_token_id=pad,
-                               logits_processor=processors)
+    scores = torch.zeros((n, vocab))
+    t = time.perf_counter()
+    for k in range(len(ids) + 1):
+        step(torch.tensor([ids[:k]] * n, dtype=torch.long).reshape(n, k), scores.clone())
+    return (time.perf_counter() - t) * 1000 / (len(ids) + 1)
 
 
 def main() -> None:
@@ -196,28 +205,33 @@ def main() -> None:
     ap.add_argument("--skip-recycle", action="store_true")
     ap.add_argument("--skip-judge", action="store_true")
     args = ap.parse_args()
-    backend = LocalBackend("local", batch_size=args.batch_size)
+    need_model = not (args.skip_recycle and args.skip_judge)
+    backend = LocalBackend("local", batch_size=args.batch_size) if need_model else None
     with tempfile.TemporaryDirectory() as tmp:
         if args.engines:
-            print(f"{'engine':<26} {'compile s':>9} {'generate s':>10}")
-            for name, comp, gen in engines_part(backend, args):
-                print(f"{name:<26} {'-' if comp is None else f'{comp:.2f}':>9} "
-                      f"{'-' if gen is None else f'{gen:.1f}':>10}")
-        if not args.skip_recycle:
+            print(f"engines, batch {args.batch_size}: {'compile s':>9} {'cold ms/token':>14} "
+                  f"{'warm ms/token':>14}")
+            for name, comp, cold, warm in engines_part(args):
+                print(f"{name:<26} {comp:>9.3f} {cold:>14.2f} {warm:>14.2f}")
+        if backend is not None and not args.skip_recycle:
             res = recycle_part(backend, args.data, args, Path(tmp))
             print(f"recycling, {args.records} records, max_tokens {args.max_tokens}, "
                   f"batch {args.batch_size}, greedy, no re-ask")
-            print(f"{'stage':<12} {'unguided ok':>12} {'guided ok':>10} {'guided cut':>10}")
+            print(f"{'stage':<12} {'unguided ok':>12} {'(complete)':>10} {'guided ok':>10} "
+                  f"{'(complete)':>10}")
             for stage in STAGES:
                 off, on = res["off"]["stages"][stage], res["auto"]["stages"][stage]
-                print(f"{stage:<12} {off['ok']:>5}/{off['n']:<6} {on['ok']:>4}/{on['n']:<5} "
-                      f"{on['cut']:>10}")
+                print(f"{stage:<12} {off['ok']:>5}/{off['n']:<6} "
+                      f"{off['ok_done']:>4}/{off['n'] - off['cut']:<5} "
+                      f"{on['ok']:>4}/{on['n']:<5} {on['ok_done']:>4}/{on['n'] - on['cut']:<5}")
             for mode in MODES:
                 r = res[mode]
                 print(f"{'guided' if mode == 'auto' else 'unguided':<9} {r['tokens_out']:>7} "
-                      f"tokens out in {r['wall']:.0f} s: {r['tok_s']:.1f} tok/s")
-            print(f"guided / unguided tokens/s: {res['auto']['tok_s'] / res['off']['tok_s']:.2f}")
-        if not args.skip_judge:
+                      f"tokens out in {r['wall']:.0f} s: {r['tok_s']:.1f} tok/s, "
+                      f"{r['tok_cpu_s']:.1f} per CPU-second")
+            print(f"guided / unguided tokens/s: {res['auto']['tok_s'] / res['off']['tok_s']:.2f} "
+                  f"(wall), {res['auto']['tok_cpu_s'] / res['off']['tok_cpu_s']:.2f} (CPU)")
+        if backend is not None and not args.skip_judge:
             res = judge_part(backend, args, Path(tmp))
             for mode in MODES:
                 r = res[mode]

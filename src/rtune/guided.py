@@ -29,8 +29,11 @@ MODES = ("auto", "regex", "json", "grammar", "off")
 NAMESPACE = "guided"  # run-store items: each guided call's provenance, by the call's key
 
 
-def check_guided(mode: str | None) -> str | None:
-    """``mode`` when it is a ``--guided`` mode (or None), else a ConfigError."""
+def check_guided(mode: str | bool | None) -> str | None:
+    """``mode`` when it is a ``--guided`` mode (or None), else a ConfigError. YAML reads a
+    recipe's ``guided: off`` as false and ``on`` as true: they mean off and auto."""
+    if isinstance(mode, bool):
+        return "auto" if mode else "off"
     if mode is not None and mode not in MODES:
         raise ConfigError(f"--guided {mode!r}: choose from {', '.join(MODES)}")
     return mode
@@ -214,7 +217,7 @@ def describe(shape: Shape) -> str:
         if isinstance(item, Text):
             out.append(item.name if item.role != "part" else "...")
         elif isinstance(item, Mark) and item.text.strip():
-            out.append(item.text.strip())
+            out.append(" ".join(item.text.split()))
         elif isinstance(item, Score):
             out.append("<0-10>")
         elif isinstance(item, Repeat):

@@ -20,7 +20,7 @@ from typing import Any
 
 from .guided import Element, Gap, Mark, Repeat, Score, Shape, Text
 
-BLANKS = " \t\r\n"
+BLANKS = " \t\r\n\x0b\x0c"
 
 # ---------------------------------------------------------------- a small regex tree
 
@@ -152,7 +152,7 @@ def tree(shape: Shape) -> Node:
 # ---------------------------------------------------------------- regex
 
 
-_REGEX_ESCAPES = {"\n": r"\n", "\t": r"\t", "\r": r"\r"}
+_REGEX_ESCAPES = {"\n": r"\n", "\t": r"\t", "\r": r"\r", "\x0b": r"\x0B", "\x0c": r"\x0C"}
 
 
 def _regex_char(c: str, in_class: bool) -> str:
@@ -293,7 +293,8 @@ def _lark_text(shape: Shape, text: Text) -> str:
     """A text's terminal: what it may hold, minus what it may not. Everything it may not
     contain is one alternation under one negation (llguidance builds its lexer from regex
     derivatives, and several negations at once multiply its states past its limits)."""
-    nonblank = r"[^ \t\n\r\x0B\x0C*_\"`]" if text.role == "part" else r"[^ \t\n\r\x0B\x0C]"
+    # a character the parser's strip() keeps (Unicode blanks too; a positive class is cheap)
+    nonblank = r"[^\s*_\"`]" if text.role == "part" else r"\S"
     terms = [f"/{_ANY}{nonblank}{_ANY}/" if text.required else f"/{_ANY}/"]
     inside: list[str] = []  # anywhere in the text
     first: list[str] = []  # at the text's start (a line start for the parser)
@@ -342,7 +343,7 @@ def lark(shape: Shape) -> str:
             elif isinstance(item, Mark):
                 out.append(_lark_literal(item.text))
             elif isinstance(item, Gap):
-                out.append(r"/\s*/")
+                out.append(f"/{_WS}*/")
             elif isinstance(item, Score):
                 out.append("/10|[0-9]/")
             else:

@@ -206,7 +206,7 @@ def judge(paths_a: Sequence[str | Path], paths_b: Sequence[str | Path], *, judge
           allow_partial: bool = False, allow_empty: bool = False,
           prompts_dir: str | Path | None = None, max_tokens: int = 1024,
           options: EndpointOptions | None = None, progress: bool = False,
-          resamples: int = 2000, guided: str | None = None) -> dict[str, Any]:
+          resamples: int = 2000, guided: str | bool | None = None) -> dict[str, Any]:
     """Judge side A's answers against side B's, both orders; write results to ``out_dir``.
     ``guided``: the ``--guided`` mode (None: auto for a local judge, off for an endpoint)."""
     options = options or EndpointOptions()

@@ -41,7 +41,7 @@ class RecycleConfig:
     max_retries: int = 6
     batch_size: int = 8  # local oracles: generation batch
     # auto | regex | json | grammar | off; None: auto for local oracles, off for endpoints
-    guided: str | None = None
+    guided: str | bool | None = None
     prices_file: str | None = None
     price_in: float | None = None
     price_out: float | None = None

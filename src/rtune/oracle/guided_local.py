@@ -24,6 +24,10 @@ from ..guided import GuidedSpec, bridges
 from ..guided_forms import json_schema, lark, regex
 
 ENGINE = "llguidance"
+# llguidance stops a matcher whose lexer spends more than its fuel on one token's mask (default
+# ~20 ms). The texts' exclusions make the first masks after a marker costly (each builds lexer
+# states, once); the fuel here allows ~2 s for such a step and never binds on a warm matcher.
+STEP_FUEL = 20_000_000
 
 
 def _llguidance() -> Any:
@@ -51,6 +55,9 @@ class LocalGuide:
         self.vocab = self.tokenizer.vocab_size
         self._grammars: dict[GuidedSpec, str] = {}
         self._bridges: dict[GuidedSpec, list[list[list[int]]]] = {}
+        self._warm: dict[GuidedSpec, Any] = {}  # a matcher at the start, its lexer states built
+        self.limits = llg.LLParserLimits(step_lexer_fuel=STEP_FUEL,
+                                         initial_lexer_fuel=5 * STEP_FUEL)
 
     def grammar(self, spec: GuidedSpec) -> str:
         """The compiled grammar of ``spec`` (compiled once per spec)."""
@@ -79,10 +86,23 @@ class LocalGuide:
                 for variants in bridges(spec.shape)]
         return self._bridges[spec]
 
+    def matcher(self, spec: GuidedSpec) -> Any:
+        """A matcher at the start of ``spec``'s grammar: a copy of the warm one (the lexer
+        states earlier batches built come with it: ~8x faster masks than a fresh one)."""
+        warm = self._warm.get(spec)
+        if warm is None:
+            warm = self._warm[spec] = self.llg.LLMatcher(
+                self.tokenizer, self.grammar(spec), log_level=0, limits=self.limits)
+        return warm.deep_copy()
+
+    def keep_warm(self, spec: GuidedSpec, matcher: Any) -> None:
+        """Keep ``matcher`` (its lexer states built by a batch), reset to the start."""
+        if not matcher.is_error() and matcher.reset():
+            self._warm[spec] = matcher
+
     def processor(self, specs: list[GuidedSpec | None], width: int,
                   done: list[Any]) -> GrammarProcessor:
-        matchers = [None if s is None else self.llg.LLMatcher(self.tokenizer, self.grammar(s))
-                    for s in specs]
+        matchers = [None if s is None else self.matcher(s) for s in specs]
         return GrammarProcessor(self, specs, matchers, width, done)
 
 
@@ -107,6 +127,12 @@ class GrammarProcessor:
         self.errors: dict[int, str] = {}
         self.forced: dict[int, list[int]] = {}  # a marker being written: its tokens to come
         self.bridged = [0] * len(matchers)  # markers written where the model ended a text
+
+    def finish(self) -> None:
+        """After the batch: keep one matcher per grammar warm for the next batches."""
+        for i, (spec, matcher) in enumerate(zip(self.specs, self.matchers)):
+            if spec is not None and i not in self.errors:
+                self.guide.keep_warm(spec, matcher)
 
     def _live(self) -> list[int]:
         return [i for i, m in enumerate(self.matchers)

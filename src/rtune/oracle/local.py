@@ -167,6 +167,8 @@ class LocalBackend:
                 if specs is not None and specs[i] is not None:
                     text, how = _guided_text(specs[i], text, grammar, i)
                 results.append(GenerationOutput(text, n, reason, row[:n], how))
+            if grammar is not None:
+                grammar.finish()
             return results
 
     def guide(self, eos: list[int]) -> Any:
