@@ -63,7 +63,7 @@ def build(folder: Path, n: int) -> tuple[Path, Path]:
                     "model": "Qwen/Qwen2.5-7B-Instruct", "temperature": 0.0, "top_p": 1.0,
                     "max_tokens": 2048})
                 rows.append((f"{rng.getrandbits(256):064x}", "response", 1, "out", "round-1",
-                             body, len(body) + 100, len(body) // 4, 2048))
+                             len(body) + 100, len(body) // 4, 2048, body))
                 if len(rows) == 10_000:
                     _insert(store, rows)
                     rows = []
@@ -89,9 +89,11 @@ def build(folder: Path, n: int) -> tuple[Path, Path]:
 
 
 def _insert(store, rows) -> None:
+    """Ledger rows as :meth:`rtune.batch_ledger.Ledger.add` writes them, the body apart."""
     store.db.executemany(
-        "INSERT INTO batch_requests(key, stage, round, state, batch, body, size, tokens_in, "
-        "max_tokens) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        "INSERT INTO batch_requests(key, stage, round, state, batch, size, tokens_in, "
+        "max_tokens) VALUES (?,?,?,?,?,?,?,?)", [r[:-1] for r in rows])
+    store.db.executemany("INSERT INTO batch_bodies VALUES (?, ?)", [(r[0], r[-1]) for r in rows])
 
 
 def child_import(run_dir: str, results: str) -> None:

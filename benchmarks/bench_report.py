@@ -12,6 +12,7 @@ approach) against the paged view (20 per page).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 import tempfile
@@ -40,7 +41,9 @@ def build_run(run_dir: Path, n: int, w: int, seed: int = 0) -> None:
     with RunStore(run_dir) as st:
         src = [Record(instruction=words(rnd, w // 6), output=words(rnd, w // 2), source_index=i)
                for i in range(n)]
-        st.add_sources(src)
+        for r in src:
+            st.put_candidate(dataclasses.replace(r, kind="orig"))
+        scores = []
         st.db.execute("BEGIN")
         for r in src:
             i = r.source_index
@@ -54,12 +57,13 @@ def build_run(run_dir: Path, n: int, w: int, seed: int = 0) -> None:
             for c in (ins, res, both):
                 st.put_candidate(c)
             for k in ("orig", "ins", "res", "both"):
-                st.put_item("scores", f"{i}:{k}", {"ifd_ppl": rnd.uniform(0.4, 1.2),
-                                                   "rifd_ppl": rnd.uniform(0.3, 1.1)})
+                scores.append(((i, k), {"ifd_ppl": rnd.uniform(0.4, 1.2),
+                                        "rifd_ppl": rnd.uniform(0.3, 1.1)}))
             st.put_item("selection", str(i), {"policy": "reflection",
                                               "kept": rnd.choice([None, "res", "both"]),
                                               "case": "res_branch", "reason": "synthetic"})
         st.db.execute("COMMIT")
+        st.put_scores(scores)
         if n > 12345:
             c = st.get_candidate(12345, "res")
             c.output += " needleword"

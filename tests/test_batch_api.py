@@ -212,3 +212,44 @@ def test_batch_mode_needs_an_endpoint(tmp_path, capsys):
     src = dataset(tmp_path)
     assert main(["recycle", str(src), "--mode", "batch", "--run-dir", str(tmp_path / "r")]) == 2
     assert "--mode batch sends the requests to an OpenAI Batch API" in capsys.readouterr().err
+
+
+def recipe_with(server, tmp_path, mode):
+    from rtune.recipe import load_recipe
+
+    tmp_path.mkdir(exist_ok=True)
+    dataset(tmp_path)
+    (tmp_path / "q.jsonl").write_text('{"instruction": "Name a colour."}\n')
+    path = tmp_path / "r.yaml"
+    path.write_text(f"data: data.jsonl\nmodels:\n  oracle: {{spec: '{server.url}', model: "
+                    "gpt-4o-mini}\n  base_model: /nowhere/llama\narms: {original: original, "
+                    f"selected: selected}}\ntest_sets: [q.jsonl]\nrecycle: {{mode: {mode}}}\n")
+    return load_recipe(path, out=tmp_path / "exp", missing_ok=True)
+
+
+def test_an_experiment_recycles_in_batch_mode_a_step_each_run(server, tmp_path):
+    from rtune.errors import ConfigError
+    from rtune.experiment import Experiment, StepIncomplete
+    from rtune.experiment_steps import run_recycle
+
+    exp = Experiment(recipe_with(server, tmp_path, "batch"))
+    step = next(s for s in exp.steps() if s.kind == "recycle")
+    unfinished = 0
+    while True:  # each run collects what finished and sends the next round
+        try:
+            result = run_recycle(exp, step, fresh=False, echo=lambda m: None)
+            break
+        except StepIncomplete as e:
+            assert "running at the Batch API" in str(e)
+            unfinished += 1
+            assert unfinished < 40
+    assert unfinished >= 2  # two rounds: instruction and response, then both
+    assert result["summary"]["records"] == 5 and result["summary"]["calls"]["calls"] == 15
+    assert_each_line_sent_once(server, exp.run_dir, 5)
+    # redone (its settings changed): the candidates again from the stored calls, nothing sent
+    again = run_recycle(exp, step, fresh=True, echo=lambda m: None)
+    assert again["summary"]["candidates"] == result["summary"]["candidates"]
+    assert_each_line_sent_once(server, exp.run_dir, 5)
+    exp = Experiment(recipe_with(server, tmp_path / "x", "export"))
+    with pytest.raises(ConfigError, match="run outside the experiment"):
+        run_recycle(exp, exp.steps()[0], fresh=False, echo=lambda m: None)

@@ -65,6 +65,20 @@ def test_help_and_version_stay_torch_free(tmp_path):
     assert version.returncode == 0 and version.stdout.startswith("rtune ")
 
 
+def test_the_verbs_are_the_stage_modules_made_callable():
+    check = ("import sys, rtune\n"
+             "from rtune.recycle import RecycleConfig\n"  # a stage module imported first
+             "import rtune.judge as judge_module\n"
+             "assert rtune.recycle.RecycleConfig is RecycleConfig and judge_module is rtune.judge\n"
+             "assert all(callable(getattr(rtune, v)) for v in rtune.VERBS)\n"
+             "assert rtune.select.select is sys.modules['rtune.select'].select\n"
+             "print([m for m in ('torch', 'transformers', 'numpy', 'matplotlib') "
+             "if m in sys.modules])\n")
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stderr
+
+
 def test_require_names_the_missing_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(MissingExtra, match=r"rtune train needs the training extra: "

@@ -320,49 +320,6 @@ def test_status_separates_standing_failures_from_repaired_ones(oracle_server, tm
     assert "still standing" not in text
 
 
-# ---------------------------------------------------------------- settings that cannot work
-
-QUESTIONS = [{"question_id": 1, "instruction": "What is 2+2?"}]
-
-
-def _command_args(command: str, tmp_path) -> list[str]:
-    """Arguments of each model-calling command, inputs made in tmp_path, outputs under it."""
-    data = dataset(tmp_path, n=2)
-    questions = tmp_path / "q.jsonl"
-    questions.write_text(json.dumps(QUESTIONS[0]) + "\n")
-    answers = [tmp_path / f"{side}.jsonl" for side in "ab"]
-    for path in answers:
-        path.write_text(json.dumps({**QUESTIONS[0], "output": "4", "generator": path.stem})
-                        + "\n")
-    return {
-        "recycle": ["recycle", str(data)],
-        "reflect": ["reflect", str(questions), "-o", "out/answers.jsonl"],
-        "generate": ["generate", "--test-set", str(questions), "-o", "out/answers.jsonl"],
-        "judge": ["judge", str(answers[0]), "--vs", str(answers[1]), "-o", "out"],
-    }[command]
-
-
-@pytest.mark.timeout(60)  # `rtune reflect --concurrency 0` used to wait forever
-@pytest.mark.parametrize("setting", [("--concurrency", "0"), ("--rpm", "-5"), ("--tpm", "0"),
-                                     ("--timeout", "0")])
-@pytest.mark.parametrize("command", ["recycle", "reflect", "generate", "judge"])
-def test_settings_that_cannot_work_exit_2_before_anything_happens(
-        command, setting, oracle_server, tmp_path, monkeypatch, capsys):
-    from rtune.cli import main
-
-    args = _command_args(command, tmp_path)
-    before = sorted(tmp_path.iterdir())
-    monkeypatch.chdir(tmp_path)  # default run folders are made under the working directory
-    oracle = "--judge" if command == "judge" else "--oracle"
-    rc = main([*args, oracle, oracle_server.url, "--model", "m", *setting])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2
-    assert err == [f"rtune {command}: error: {setting[0]} must be "
-                   + ("at least 1 (got 0)" if setting[0] == "--concurrency"
-                      else f"greater than 0 (got {setting[1]})")]
-    assert oracle_server.requests == [] and sorted(tmp_path.iterdir()) == before
-
-
 # ---------------------------------------------------------------- Ctrl-C with a local oracle
 
 

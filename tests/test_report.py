@@ -60,9 +60,9 @@ def build_run(run_dir: Path) -> Path:
             both = ins.derive("both", output=ins.output + " Even more.", parse_status="ok")
             for c in (ins, res, both):
                 st.put_candidate(c)
-            st.put_items("scores", [(f"{i}:{k}", {"ifd_ppl": 0.5 + (i % 7) / 10 + j / 100,
-                                                  "rifd_ppl": 0.4 + (i % 5) / 10})
-                                    for j, k in enumerate(("orig", "ins", "res", "both"))])
+            st.put_scores([((i, k), {"ifd_ppl": 0.5 + (i % 7) / 10 + j / 100,
+                                     "rifd_ppl": 0.4 + (i % 5) / 10})
+                           for j, k in enumerate(("orig", "ins", "res", "both"))])
             if has_decision(i):
                 st.put_item("selection", str(i), {"policy": "reflection", "kept": kept_kind(i),
                                                   "case": "ins_harder" if i % 2 else "res_branch",

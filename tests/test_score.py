@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ from rtune.score import (
     score_records,
     score_run,
 )
-from rtune.score_config import REVERSE_PROMPT, ScoreConfig
+from rtune.score_config import AUTHORS, AUTHORS_REVERSE_PROMPT, REVERSE_PROMPT, ScoreConfig
 from rtune.store import STORE_NAME, RunStore
 
 torch = pytest.importorskip("torch")
@@ -83,14 +84,15 @@ def _part_text_loss(model, tok, text: str, target: str, max_length: int) -> floa
         return model(ids, labels=labels).loss.item()
 
 
-def reference(model, tok, rec: Record, template: str, max_length: int) -> dict[str, float]:
+def reference(model, tok, rec: Record, template: str, max_length: int, *,
+              reverse_prompt: str = REVERSE_PROMPT, join: str = "\n\n") -> dict[str, float]:
     """Four unbatched forward passes per record, as in the authors' scoring script."""
     prompt_of = _prompt_fn(template, tok)
     prompt = prompt_of(rec.instruction, rec.input)
     prompt_len = len(tok.encode(prompt, truncation=True, max_length=max_length))
-    reverse = prompt_of(REVERSE_PROMPT.replace("{output}", rec.output), "")
+    reverse = prompt_of(reverse_prompt.replace("{output}", rec.output), "")
     reverse_len = len(tok.encode(reverse, truncation=True, max_length=max_length))
-    question = f"{rec.instruction}\n\n{rec.input}" if rec.input else rec.instruction
+    question = rec.instruction + join + rec.input if rec.input else rec.instruction
     return {
         "Q_direct": _whole_text_loss(model, tok, question, max_length - reverse_len + 1),
         "A_direct": _whole_text_loss(model, tok, rec.output, max_length - prompt_len + 1),
@@ -212,6 +214,34 @@ def test_a_sequence_shared_by_candidates_runs_once(tiny):
             assert scores[f"loss_{name}"] == pytest.approx(ref[name], abs=1e-5), name
 
 
+def test_authors_settings_equal_their_reference(tiny):
+    """The authors' r(y) and x = instruction + input with nothing between (their
+    data_analysis.py), against the same four unbatched passes."""
+    model, tok = tiny
+    rec = Record("Give three tips for staying healthy.", "Eat well, exercise and sleep well.",
+                 input="for a student")
+    ours, theirs = ScoreConfig(student="tiny"), ScoreConfig(student="tiny", **AUTHORS)
+    assert Scorer(ours, model, tok).join(rec.instruction, rec.input) == \
+        "Give three tips for staying healthy.\n\nfor a student"
+    assert Scorer(theirs, model, tok).join(rec.instruction, rec.input) == \
+        "Give three tips for staying healthy.for a student"
+    got = next(score_records([rec], theirs, model=model, tokenizer=tok))
+    ref = reference(model, tok, rec, "vicuna", 2048, reverse_prompt=AUTHORS_REVERSE_PROMPT,
+                    join="")
+    for name in PASSES:
+        assert got[f"loss_{name}"] == pytest.approx(ref[name], abs=1e-5), name
+    default = next(score_records([rec], ours, model=model, tokenizer=tok))
+    assert got["loss_Q_direct"] != pytest.approx(default["loss_Q_direct"], abs=1e-4)
+    assert got["loss_A_condition"] == pytest.approx(default["loss_A_condition"], abs=1e-6)
+    assert got["score_settings"] == theirs.fingerprint() != ours.fingerprint()
+
+
+def test_chat_templates_join_with_the_setting(tiny):
+    model, tok = tiny
+    scorer = Scorer(ScoreConfig(student="tiny", template="chat", input_join=" | "), model, tok)
+    assert "Name a colour. | one word" in scorer.prompt("Name a colour.", "one word")
+
+
 def test_empty_targets_get_reasons(tiny):
     model, tok = tiny
     recs = [Record("Say something.", ""), Record("", "An answer without a question."),
@@ -259,8 +289,8 @@ def test_score_run_stores_and_skips(tiny, tmp_path):
     summary = score_run(tmp_path / "run", config, model=model, tokenizer=tok)
     assert summary["scored_now"] == len(cands) == summary["scored_total"]
     with RunStore(tmp_path / "run") as store:
-        items = dict(store.items("scores"))
-    assert set(items) == {f"{c.source_index}:{c.kind}" for c in cands}
+        items = store.scores()
+    assert set(items) == {(c.source_index, c.kind) for c in cands}
     assert all(v["ifd_ppl"] is not None and v["student"] == "tiny" for v in items.values())
     assert score_run(tmp_path / "run", config, model=model, tokenizer=tok)["scored_now"] == 0
     with pytest.raises(ConfigError, match="--force"):
@@ -271,6 +301,22 @@ def test_score_run_stores_and_skips(tiny, tmp_path):
     assert again["scored_now"] == len(cands)
 
 
+def test_other_reverse_prompt_or_join_is_refused(tiny, tmp_path):
+    model, tok = tiny
+    _make_run(tmp_path / "run", 2)
+    config = ScoreConfig(student="tiny", batch_size=4)
+    score_run(tmp_path / "run", config, model=model, tokenizer=tok)
+    with RunStore(tmp_path / "run") as store:
+        assert {r["score_settings"] for r in store.scores().values()} == {config.fingerprint()}
+        assert store.get_meta("score_settings") == {config.fingerprint(): config.identity()}
+    for change, name in (({"input_join": ""}, "input_join"),
+                         ({"reverse_prompt": AUTHORS_REVERSE_PROMPT}, "reverse_prompt")):
+        other = ScoreConfig(student="tiny", batch_size=4, **change)
+        assert other.fingerprint() != config.fingerprint()
+        with pytest.raises(ConfigError, match=f"{name} .* -> .*--force"):
+            score_run(tmp_path / "run", other, model=model, tokenizer=tok)
+
+
 def test_a_process_of_many_scores_whole_sources(tiny, tmp_path, monkeypatch):
     model, tok = tiny
     cands = _make_run(tmp_path / "run", 5)
@@ -279,7 +325,7 @@ def test_a_process_of_many_scores_whole_sources(tiny, tmp_path, monkeypatch):
     with RunStore(tmp_path / "run") as store:
         done, _ = _store_scores(store, cands, ScoreConfig(student="tiny", device="cpu"),
                                 progress=None, model=model, tokenizer=tok)
-        keys = set(dict(store.items("scores")))
+        keys = set(store.scores())
     assert done == 8
     assert keys == {record_key(c) for c in cands if c.source_index in (1, 3)}
 
@@ -304,10 +350,13 @@ def test_score_file_writes_scores(tiny, tmp_path):
         score_file(src, ScoreConfig(student="tiny"), out, limit=0, model=model, tokenizer=tok)
 
 
-def _stored(run_dir: Path) -> dict[str, str]:
+def _stored(run_dir: Path) -> dict[tuple[int, str], dict[str, Any]]:
+    """The score rows, read with plain sqlite3 (not through the store)."""
     db = sqlite3.connect(f"file:{run_dir / STORE_NAME}?mode=ro", uri=True, timeout=30)
     try:
-        return dict(db.execute("SELECT key, data FROM items WHERE ns = 'scores'"))
+        cur = db.execute("SELECT * FROM scores")
+        cols = [c[0] for c in cur.description]
+        return {(row[0], row[1]): dict(zip(cols, row)) for row in cur}
     except sqlite3.OperationalError:  # the table is not created yet
         return {}
     finally:
@@ -337,12 +386,12 @@ def test_resume_after_kill(tiny, tiny_llama_path, tmp_path, capsys):
     assert main(cmd[3:]) == 0  # the same command, rerun (in this process: no second start-up)
     assert f"scored {len(cands) - len(at_kill)} candidates now" in capsys.readouterr().out
     final = _stored(run_dir)
-    assert set(final) == {f"{c.source_index}:{c.kind}" for c in cands}
+    assert set(final) == {(c.source_index, c.kind) for c in cands}
     assert all(final[k] == v for k, v in at_kill.items())  # finished work was not redone
     model, tok = tiny
     config = ScoreConfig(student=str(tiny_llama_path), batch_size=2, max_length=512)
     for row in score_records(cands, config, model=model, tokenizer=tok):
-        stored = json.loads(final[f"{row['source_index']}:{row['kind']}"])
+        stored = final[row["source_index"], row["kind"]]
         for field in ("loss_A_direct", "loss_A_condition", "loss_Q_direct",
                       "loss_Q_condition", "ifd_ppl", "rifd_ppl"):
             assert stored[field] == pytest.approx(row[field], abs=1e-6), field

@@ -151,8 +151,8 @@ def _scored_run(run_dir) -> None:
                     oracle_model="gpt-x", prompt_id=f"reflect_{kind}")
                 store.put_candidate(rec)
                 ifd, rifd = scores[kind]
-                store.put_item("scores", f"{idx}:{kind}", {"ifd_ppl": ifd, "rifd_ppl": rifd,
-                                                           "student": "tiny", "reason": None})
+                store.put_scores([((idx, kind), {"ifd_ppl": ifd, "rifd_ppl": rifd,
+                                                  "student": "tiny", "reason": None})])
 
 
 def test_run_dir_decisions_stored_and_written(tmp_path, capsys):

@@ -96,10 +96,10 @@ def build_partial_run(run_dir):
                                        parse_status="ok"))
         st.put_candidate(src[3].derive("res", output="r", parse_status="fallback",
                                        fallback_reason="echo"))
-        st.put_items("scores", [("0:orig", {"ifd_ppl": 0.8, "rifd_ppl": 0.6}),
-                                ("0:res", {"ifd_ppl": 0.9, "rifd_ppl": 0.5}),
-                                ("0:ins", {"ifd_ppl": 0.7, "rifd_ppl": 0.9}),
-                                ("1:orig", {"ifd_ppl": 0.6, "rifd_ppl": 0.4})])
+        st.put_scores([((0, "orig"), {"ifd_ppl": 0.8, "rifd_ppl": 0.6}),
+                       ((0, "res"), {"ifd_ppl": 0.9, "rifd_ppl": 0.5}),
+                       ((0, "ins"), {"ifd_ppl": 0.7, "rifd_ppl": 0.9}),
+                       ((1, "orig"), {"ifd_ppl": 0.6, "rifd_ppl": 0.4})])
         st.put_item("selection", "0", {"policy": "reflection", "kept": "res",
                                        "case": "res_branch", "reason": "r-IFD lower"})
         st.put_item("selection", "1", {"policy": "reflection", "kept": None,

@@ -12,16 +12,25 @@ refused and stored nowhere.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from .batch_ledger import Ledger
 from .oracle.batch_files import BadLine, Result, parse_result
 from .oracle.pricing import BATCH_DISCOUNT, Prices
 from .text import repair_text
 
-CHUNK = 2000  # lines per transaction
+# lines stored at once, their keys sorted: the larger the chunk, the more of its inserts into
+# the call index share a page (2,000 to 20,000 lines: ~35% less SQLite time a line); it bounds
+# the memory held (~1.2 KB a line)
+CHUNK = 20_000
+# chunks per transaction: a page of the call index written by several chunks goes to the WAL
+# and the store once per transaction (1M lines: 1 to 5 chunks, ~15% less time)
+PER_COMMIT = 5
 MAX_PROBLEMS = 10  # problem lines kept per file (the rest are counted)
+Reply = tuple[str, str, str, str | None, int, int, float]
 
 
 @dataclass
@@ -54,42 +63,59 @@ class FileReport:
         return out
 
 
+@dataclass(slots=True)
+class _Chunk:
+    """Lines parsed and waiting to be stored: only what is stored is kept."""
+
+    replies: list[Reply] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)  # the line of each reply
+    errors: list[tuple[int, str, Result]] = field(default_factory=list)  # line, line id
+
+
 class Importer:
     """Imports result files into one run's ledger. ``retries``: how many times a request
     whose line failed for a passing reason goes back to pending; ``resubmit``: whether failed
     lines may go back at all (not when they will run online instead)."""
 
     def __init__(self, ledger: Ledger, prices: Prices, *, model: str = "", retries: int = 2,
-                 resubmit: bool = True, chunk: int = CHUNK):
+                 resubmit: bool = True, chunk: int = CHUNK, per_commit: int = PER_COMMIT):
         self.ledger = ledger
         self.prices = prices
         self.model = model  # the run's model: for a reply that names none
-        self._prices: dict[str, tuple[float, float]] = {}
+        self._models: dict[str, tuple[str, tuple[float, float]]] = {}  # repaired name, prices
         self.retries = retries
         self.resubmit = resubmit
         self.chunk = chunk
+        self.per_commit = per_commit
 
     def import_file(self, path: str | Path) -> FileReport:
         report = FileReport(str(path))
-        lines: list[tuple[int, bytes]] = []
         with open(path, "rb") as f:
-            for number, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                lines.append((number, raw))
-                if len(lines) >= self.chunk:
-                    self._chunk(lines, report)
-                    lines = []
-        if lines:
-            self._chunk(lines, report)
+            chunks = self._chunks(f, report)
+            more = True
+            while more:
+                with self.ledger.transaction():
+                    more = self._store_some(chunks, report)
         self.ledger.settle_done()
         return report
 
-    def _chunk(self, lines: list[tuple[int, bytes]], report: FileReport) -> None:
-        replies: list[tuple[str, str, str, str | None, int, int, float]] = []
-        numbers: list[int] = []
-        errors: list[tuple[int, bytes, Result]] = []
-        for number, raw in lines:
+    def _store_some(self, chunks: Iterator[_Chunk], report: FileReport) -> bool:
+        """Store the next ``per_commit`` chunks; whether more may follow. Each chunk is let go
+        before the next is read: one at a time in memory."""
+        for _ in range(self.per_commit):
+            chunk = next(chunks, None)
+            if chunk is None:
+                return False
+            self._store(chunk, report)
+            del chunk
+        return True
+
+    def _chunks(self, f: BinaryIO, report: FileReport) -> Iterator[_Chunk]:
+        """The file's lines parsed, ``chunk`` at a time; unreadable ones go in the report."""
+        chunk = _Chunk()
+        for number, raw in enumerate(f, 1):
+            if raw.isspace():
+                continue
             report.lines += 1
             try:
                 result = parse_result(raw)
@@ -98,30 +124,38 @@ class Importer:
                 report.problem(number, str(e))
                 continue
             if result.text is None:
-                errors.append((number, raw, result))
+                chunk.errors.append((number, _line_id(raw), result))
             else:
-                replies.append(self._reply(result))
-                numbers.append(number)
-        with self.ledger.transaction():
-            stored = self.ledger.store_replies(replies)
-            report.imported += stored
-            unknown: set[str] = set()
-            if stored < len(replies) or errors:  # some were refused or answered before
-                keys = [r[0] for r in replies] + [r.key for _, _, r in errors]
-                unknown = set(keys) - self.ledger.known(keys)
-            for number, (key, *_) in zip(numbers, replies):
-                if key in unknown:
-                    self._refused(report, number, key)
-            report.already += len(replies) - stored - sum(r[0] in unknown for r in replies)
-            for number, raw, result in errors:
-                if result.key in unknown:
-                    self._refused(report, number, result.key)
-                else:
-                    self._error(result, raw, report)
-            if stored == len(replies):
-                report.cost += sum(r[6] for r in replies)
-            elif stored:  # which ones were stored just now: the store knows
-                report.cost += self.ledger.stored_cost([r[0] for r in replies])
+                chunk.replies.append(self._reply(result))
+                chunk.numbers.append(number)
+            if len(chunk.numbers) + len(chunk.errors) >= self.chunk:
+                yield chunk
+                chunk = _Chunk()
+        if chunk.numbers or chunk.errors:
+            yield chunk
+
+    def _store(self, chunk: _Chunk, report: FileReport) -> None:
+        """Store a chunk's replies and errors; inside a transaction."""
+        replies, numbers, errors = chunk.replies, chunk.numbers, chunk.errors
+        stored = self.ledger.store_replies(replies)
+        report.imported += stored
+        unknown: set[str] = set()
+        if stored < len(replies) or errors:  # some were refused or answered before
+            keys = [r[0] for r in replies] + [r.key for _, _, r in errors]
+            unknown = set(keys) - self.ledger.known(keys)
+        for number, (key, *_) in zip(numbers, replies):
+            if key in unknown:
+                self._refused(report, number, key)
+        report.already += len(replies) - stored - sum(r[0] in unknown for r in replies)
+        for number, line_id, result in errors:
+            if result.key in unknown:
+                self._refused(report, number, result.key)
+            else:
+                self._error(result, line_id, report)
+        if stored == len(replies):
+            report.cost += sum(r[6] for r in replies)
+        elif stored:  # which ones were stored just now: the store knows
+            report.cost += self.ledger.stored_cost([r[0] for r in replies])
 
     @staticmethod
     def _refused(report: FileReport, number: int, key: str) -> None:
@@ -129,23 +163,23 @@ class Importer:
         report.problem(number, f"custom_id {key[:16]!r} is no request of this run (another "
                        "run, or another model)")
 
-    def _reply(self, result: Result) -> tuple[str, str, str, str | None, int, int, float]:
+    def _reply(self, result: Result) -> Reply:
         model = result.model or self.model
         text = result.text or ""
         tin = result.tokens_in if result.tokens_in is not None else 0
         tout = result.tokens_out if result.tokens_out is not None else len(text) // 4 + 1
-        price = self._prices.get(model)
-        if price is None:
-            price = self._prices[model] = self.prices.lookup(model)
-        cost = (tin * price[0] + tout * price[1]) / 1e6 * BATCH_DISCOUNT
-        return (result.key, repair_text(model)[0], repair_text(text)[0], result.finish_reason,
-                tin, tout, cost)
+        known = self._models.get(model)
+        if known is None:
+            known = self._models[model] = (repair_text(model)[0], self.prices.lookup(model))
+        name, (per_in, per_out) = known
+        cost = (tin * per_in + tout * per_out) / 1e6 * BATCH_DISCOUNT
+        return (result.key, name, repair_text(text)[0], result.finish_reason, tin, tout, cost)
 
-    def _error(self, result: Result, raw: bytes, report: FileReport) -> None:
+    def _error(self, result: Result, line_id: str, report: FileReport) -> None:
         reason = result.reason or "batch_error"
         state = self.ledger.fail(result.key, reason, result.detail,
                                  retry=self.resubmit and result.transient,
-                                 retries=self.retries, line_id=_line_id(raw))
+                                 retries=self.retries, line_id=line_id)
         if state is None:
             report.already += 1
         else:

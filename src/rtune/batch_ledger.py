@@ -4,13 +4,18 @@ and of the batches (exported rounds, OpenAI batches) they went out in.
 A request is keyed by its request key, the same key the store's call cache uses, which is
 the ``custom_id`` of its batch line, so a result finds its call and a key the run never made
 is recognised. States: ``pending`` (made, not sent), ``out`` (in a written round or a
-submitted batch), ``done`` (its reply is in ``calls``; the body is dropped, ``calls`` keeps
-it), ``failed`` (an error line no resubmission will fix, or resubmissions used up). A reply
-is stored in ``calls`` first (copying the request body there in SQL) and its request marked
-``done`` afterwards in one pass (:meth:`Ledger.settle_done`): a random-key update per reply
-would cost more than the insert. Until that pass a request with a call counts as answered
-everywhere (the engine reads ``calls`` first), and opening a run makes the pass, so a crash
-between the two loses nothing.
+submitted batch), ``done`` (its reply is in ``calls``), ``failed`` (an error line no
+resubmission will fix, or resubmissions used up). A reply is stored in ``calls`` first and its
+request marked ``done`` afterwards in one pass (:meth:`Ledger.settle_done`): a random-key
+update per reply would cost more than the insert. Until that pass a request with a call
+counts as answered everywhere (the engine reads ``calls`` first), and opening a run makes the
+pass, so a crash between the two loses nothing.
+
+A request's body (~1 KB) lives in ``batch_bodies``, apart from its ledger row (runs made
+before keep it in the row's ``body``): rows without it are small, so looking up a result's
+key and marking a file's requests done touch a tenth of the pages. A reply that came in a
+batch keeps its body there, as its call's request: the call row leaves ``request`` empty
+rather than write the same text twice (a request answered online has it in ``calls``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from .store import RunStore
@@ -38,13 +44,15 @@ CREATE TABLE IF NOT EXISTS batches(
     lines INTEGER NOT NULL DEFAULT 0, counts TEXT, expected_cost REAL NOT NULL DEFAULT 0,
     cost REAL NOT NULL DEFAULT 0, reason TEXT, path TEXT, created REAL NOT NULL,
     updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS batch_bodies(key TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 _BATCH_FIELDS = {"state", "api_id", "input_file_id", "output_file_id", "error_file_id",
                  "api_status", "counts", "cost", "reason", "path", "lines", "expected_cost"}
-# the request body and stage come from the ledger row; a key the run never made inserts nothing
+# the stage comes from the ledger row (the body stays in the ledger); a key the run never
+# made inserts nothing, nor one already done (a second import: cheaper than a conflict)
 _CALL_SQL = ("INSERT OR IGNORE INTO calls(key, model, stage, request, response, finish_reason, "
-             "tokens_in, tokens_out, cost, latency, created) SELECT key, ?, stage, body, ?, ?, "
-             "?, ?, ?, NULL, ? FROM batch_requests WHERE key = ? AND body IS NOT NULL")
+             "tokens_in, tokens_out, cost, latency, created) SELECT key, ?, stage, '', ?, ?, "
+             "?, ?, ?, NULL, ? FROM batch_requests WHERE key = ? AND state != 'done'")
 
 
 @dataclass(slots=True)
@@ -92,10 +100,11 @@ class Ledger:
     def add(self, key: str, stage: str | None, body_json: str, round_: int, *,
             tokens_in: int, max_tokens: int) -> None:
         body = repair_text(body_json)[0]
-        self.db.execute(
-            "INSERT OR IGNORE INTO batch_requests(key, stage, round, state, body, size, "
-            "tokens_in, max_tokens) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
-            (key, stage, round_, body, len(body.encode()) + 100, tokens_in, max_tokens))
+        if self.db.execute(
+                "INSERT OR IGNORE INTO batch_requests(key, stage, round, state, size, "
+                "tokens_in, max_tokens) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                (key, stage, round_, len(body.encode()) + 100, tokens_in, max_tokens)).rowcount:
+            self.db.execute("INSERT OR REPLACE INTO batch_bodies VALUES (?, ?)", (key, body))
 
     def bodies(self, *, state: str | None = None,
                batch: str | None = None) -> Iterator[tuple[str, str, int, int, int]]:
@@ -105,8 +114,9 @@ class Ledger:
         last = ""
         while True:
             rows = self.db.execute(
-                f"SELECT key, body, size, tokens_in, max_tokens FROM batch_requests "
-                f"WHERE {where} AND key > ? ORDER BY key LIMIT 2000", (arg, last)).fetchall()
+                f"SELECT r.key, COALESCE(r.body, b.body), size, tokens_in, max_tokens "
+                f"FROM batch_requests r LEFT JOIN batch_bodies b ON b.key = r.key "
+                f"WHERE {where} AND r.key > ? ORDER BY r.key LIMIT 2000", (arg, last)).fetchall()
             if not rows:
                 return
             yield from rows
@@ -132,7 +142,7 @@ class Ledger:
             part = keys[i:i + 900]
             out.update(k for (k,) in self.db.execute(
                 f"SELECT key FROM batch_requests WHERE key IN ({','.join('?' * len(part))})",
-                part))
+                part).fetchall())
         return out
 
     def store_replies(self, rows: list[tuple[str, str, str, str | None, int, int, float]]
@@ -142,10 +152,11 @@ class Ledger:
         :meth:`transaction`, then :meth:`settle_done`."""
         now = self._stamp = time.time()
         before = self.db.total_changes
-        # in key order, the index lookups and inserts walk each B-tree page once (~12% faster)
+        # in key order, the index lookups and inserts walk each B-tree page once (~12% faster);
+        # sorted by key alone, the first of a key's replies in the file is the one kept
         self.db.executemany(_CALL_SQL, (
             (model, text, finish, tin, tout, cost, now, key)
-            for key, model, text, finish, tin, tout, cost in sorted(rows)))
+            for key, model, text, finish, tin, tout, cost in sorted(rows, key=itemgetter(0))))
         return self.db.total_changes - before
 
     def stored_cost(self, keys: list[str]) -> float:
@@ -161,7 +172,7 @@ class Ledger:
     def settle_done(self) -> int:
         """Mark every request that has its call as done (one pass); returns how many."""
         return self.db.execute(
-            "UPDATE batch_requests SET state = 'done', body = NULL, via = COALESCE(via, 'batch') "
+            "UPDATE batch_requests SET state = 'done', via = COALESCE(via, 'batch') "
             "WHERE state IN ('pending', 'out', 'failed') AND key IN (SELECT key FROM calls)"
         ).rowcount
 
@@ -192,6 +203,7 @@ class Ledger:
     def online_done(self, key: str) -> None:
         self.db.execute("UPDATE batch_requests SET state = 'done', body = NULL, via = 'online' "
                         "WHERE key = ?", (key,))
+        self.db.execute("DELETE FROM batch_bodies WHERE key = ?", (key,))
 
     def unanswered(self, batch: str) -> list[tuple[str, str | None]]:
         return self.db.execute("SELECT key, stage FROM batch_requests WHERE batch = ? AND "

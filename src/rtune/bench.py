@@ -12,13 +12,16 @@ cache; custom tasks (YAML + local JSON/JSONL, ``include_path``) run offline.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .cli_fields import settings_field
 from .errors import ConfigError
 from .io import write_text_atomic
 
@@ -190,20 +193,78 @@ def _model_args(model: str, device: str, dtype: str | None) -> tuple[dict[str, A
     return {"pretrained": str(folder), "dtype": dtype}, device, model_name(model)
 
 
-def bench(model: str | Any, tasks: str | Sequence[str], *,
-          include_path: str | Path | Sequence[str | Path] | None = None,
-          limit: int | float | None = None, batch_size: int | str = 8, device: str = "auto",
-          dtype: str | None = None, num_fewshot: int | None = None,
-          apply_chat_template: bool = False, gen_kwargs: str | None = None,
-          output_only: bool = False, bootstrap_iters: int = 100000,
-          output: str | Path | None = None, log_samples: bool = False,
-          quiet: bool = True) -> dict[str, Any]:
-    """Run lm-eval ``tasks`` on ``model`` and return the summary (see :func:`summarize`).
+def limit_value(text: str) -> int | float:
+    """``--limit``: a count, or a fraction below 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    return int(value) if value >= 1 and value.is_integer() else value
+
+
+def batch_value(text: str) -> int | str:
+    """``--batch-size``: a number, or lm-eval's ``auto``."""
+    if text == "auto" or text.startswith("auto:"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+@dataclass
+class BenchConfig:
+    """The tasks and how lm-eval runs them."""
+
+    tasks: str | Sequence[str] = settings_field(
+        help="comma-separated lm-eval task or group names, e.g. "
+        "mmlu,gsm8k,arc_challenge,hellaswag,truthfulqa_mc2,ifeval")
+    include_path: str | Path | Sequence[str | Path] | None = settings_field(
+        None, "folder of custom lm-eval task YAML files (repeatable)", metavar="DIR")
+    limit: int | float | None = settings_field(
+        None, "at most this many examples per task (a fraction if below 1); for quick checks, "
+        "not for reported numbers", type=limit_value)
+    batch_size: int | str = settings_field(
+        8, "batch size, or 'auto' to let lm-eval find the largest that fits", type=batch_value)
+    device: str = settings_field("auto", "'auto' (CUDA when available), 'cpu', 'cuda', "
+                                 "'cuda:1', ...")
+    dtype: str | None = settings_field(
+        None, "model dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    num_fewshot: int | None = settings_field(
+        None, "few-shot examples per question (default: each task's own)")
+    apply_chat_template: bool = settings_field(
+        False, "wrap prompts in the model's saved chat template (instruction-tuned models)")
+    gen_kwargs: str | None = settings_field(
+        None, "generation settings for generate-until tasks, e.g. max_gen_toks=1024. "
+        "Reflection-style models think before answering: give them room and stop them after "
+        "the answer, e.g. max_gen_toks=2048,until=</output> (a task's own stop strings such as "
+        "a blank line would cut them inside <thinking>)", metavar="K=V,...")
+    output_only: bool = settings_field(
+        False, "Reflection-style models: score only the <output> part of each generation "
+        "(whole text when there is none, counted); generate-until tasks only")
+    bootstrap_iters: int = settings_field(
+        100000, "bootstrap resamples for the stderr of non-mean metrics (0 = none)")
+    log_samples: bool = settings_field(
+        False, "keep every scored sample (prompt, generation, filtered answer) in the JSON "
+        "summary")
+    quiet: bool = True  # lm-eval's own logging at WARNING
+
+
+def bench(model: str | Any, tasks: str | Sequence[str] | BenchConfig, *,
+          output: str | Path | None = None, **changes: Any) -> dict[str, Any]:
+    """Run lm-eval tasks on ``model`` and return the summary (see :func:`summarize`).
 
     ``model``: an rtune model spec ('local', a Hugging Face folder, a .gguf file) run with
-    lm-eval's ``hf`` backend, or an ``lm_eval.api.model.LM`` instance. ``output``: ``.md``
-    writes the markdown table, anything else the summary as JSON.
+    lm-eval's ``hf`` backend, or an ``lm_eval.api.model.LM`` instance. ``tasks``: a
+    :class:`BenchConfig`, or its task names with ``changes`` (its other fields) beside them.
+    ``output``: ``.md`` writes the markdown table, anything else the summary as JSON.
     """
+    config = (replace(tasks, **changes) if isinstance(tasks, BenchConfig)
+              else BenchConfig(tasks, **changes))
+    tasks, include_path, limit = config.tasks, config.include_path, config.limit
+    batch_size, device, dtype = config.batch_size, config.device, config.dtype
+    num_fewshot, gen_kwargs, output_only = config.num_fewshot, config.gen_kwargs, config.output_only
+    apply_chat_template, log_samples = config.apply_chat_template, config.log_samples
     lm_eval = _lm_eval()
     names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)
              if t.strip()]
@@ -225,7 +286,7 @@ def bench(model: str | Any, tasks: str | Sequence[str], *,
         device = None if device == "auto" else device
     counters: dict[str, Any] = {}
     manager = _task_manager(paths, names, output_only=output_only, counters=counters)
-    if quiet:
+    if config.quiet:
         for name in ("lm-eval", "lm_eval"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
@@ -233,7 +294,7 @@ def bench(model: str | Any, tasks: str | Sequence[str], *,
             model=lm, model_args=model_args, tasks=names, task_manager=manager, limit=limit,
             batch_size=batch_size, device=device, num_fewshot=num_fewshot,
             apply_chat_template=apply_chat_template, gen_kwargs=gen_kwargs,
-            bootstrap_iters=bootstrap_iters, log_samples=log_samples)
+            bootstrap_iters=config.bootstrap_iters, log_samples=log_samples)
     except (ConnectionError, FileNotFoundError) as e:
         raise ConfigError(f"lm-eval could not load a task's data ({type(e).__name__}: {e}); "
                           "rtune runs offline: real tasks need their datasets in the Hugging "

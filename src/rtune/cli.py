@@ -23,7 +23,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("%(default)" in text or action.default in (None, False, [], "", argparse.SUPPRESS)
+        default = action.default  # 0 and 0.0 are shown: they equal False, but are not it
+        if ("%(default)" in text or default is None or default is False
+                or default in ([], "", argparse.SUPPRESS)
                 or not action.option_strings or "default" in text.lower()):
             return text
         return text + " (default: %(default)s)"

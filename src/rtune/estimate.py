@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .oracle.pricing import Prices
 from .prompts import load_prompt
 from .recycle import STAGE_SPECS, Recycler, iter_input, validate_input
 from .recycle_config import STAGE_KIND, RecycleConfig
@@ -34,8 +33,7 @@ def estimate(input_path: str | Path, config: RecycleConfig,
              "reflection-format": "reflection_format"}
     prompts = {name: load_prompt(prompt, config.prompts_dir)
                for name, prompt in names.items() if name in config.stages}
-    prices = Prices.load(config.prices_file, model=config.model_name, price_in=config.price_in,
-                         price_out=config.price_out)
+    prices = config.prices()
     rows = {s: {"calls": 0, "tokens_in": 0, "tokens_out": 0, "tokens_out_max": 0}
             for s in config.stages if s in prompts}
     records = skipped = 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import write_text_atomic
+from .model_spec import ModelSpec
 
 PACKAGES = ("torch", "transformers", "accelerate", "peft", "datasets", "tokenizers",
             "safetensors", "gguf", "numpy", "openai", "aiohttp", "pyyaml", "jinja2",
@@ -80,7 +81,7 @@ def model_identity(spec: str, model: str | None, digests: Digests) -> dict[str, 
     A model that cannot be found here gets ``missing`` with the reason (nothing raises)."""
     from .errors import ConfigError
 
-    if spec.startswith(("http://", "https://")):
+    if ModelSpec.parse(spec).is_endpoint:
         return {"endpoint": spec, "model": model}
     try:
         path = _model_files(spec)
@@ -90,11 +91,12 @@ def model_identity(spec: str, model: str | None, digests: Digests) -> dict[str, 
 
 
 def _model_files(spec: str) -> Path:
-    from .models import embedded_gguf, resolve_model, spec_path
+    from .models import embedded_gguf, resolve_model
 
-    if spec.startswith("llamacpp"):
-        spec = spec.partition(":")[2] or "local"
-    path = spec_path(spec)
+    parsed = ModelSpec.parse(spec)
+    path = parsed.path
+    if parsed.kind == "llamacpp":
+        spec = str(path) if path else "local"
     if path is None:
         return embedded_gguf()
     if path.is_file():

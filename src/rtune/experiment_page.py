@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from .experiment_page_html import PAGE
 from .io import write_text_atomic
+from .model_spec import EMBEDDED_NAME, ModelSpec
 
 if TYPE_CHECKING:
     from .experiment import Experiment
 
 PAGE_VERSION = "1"
-EMBEDDED_SPECS = ("local", "llamacpp")  # the 135M model shipped with rtune
-EMBEDDED = "the embedded SmolLM2-135M-Instruct"
+EMBEDDED = f"the embedded {EMBEDDED_NAME}"
 
 
 def write_page(exp: Experiment) -> dict[str, Path]:
@@ -63,9 +63,10 @@ def _records_report(exp: Experiment, folder: Path) -> dict[str, Any]:
 def _tokenizer(spec: str) -> str | None:
     """The base model's folder (lengths in the tokens it trains on); None: the embedded one."""
     from .errors import ConfigError
-    from .models import resolve_model, spec_path
+    from .models import resolve_model
 
-    if spec.startswith(("http://", "https://")) or spec_path(spec) is None:
+    parsed = ModelSpec.parse(spec)
+    if parsed.is_endpoint or parsed.path is None:
         return None
     try:
         return str(resolve_model(spec))
@@ -132,12 +133,12 @@ def _cases() -> dict[str, str]:
 def _notes(r: Any) -> list[str]:
     """Plain warnings where a weak model makes a number meaningless."""
     notes = []
-    if r.judge_model.spec in EMBEDDED_SPECS:
+    if ModelSpec.parse(r.judge_model.spec).is_embedded:
         notes.append(f"The judge is {EMBEDDED}: far too weak to judge answers. The W/T/L "
                      "numbers below show that the pipeline runs end to end, not which arm is "
                      "better. Use a strong judge (models.judge: an endpoint and model) for "
                      "results.")
-    if r.oracle.spec in EMBEDDED_SPECS:
+    if ModelSpec.parse(r.oracle.spec).is_embedded:
         notes.append(f"The oracle is {EMBEDDED}: it follows the reflection format only "
                      "part of the time; the rest falls back to the original text (see the "
                      "records page for each reason). Real recycling needs a strong oracle.")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .experiment import Echo, Step, StepIncomplete, _is_source
 
 if TYPE_CHECKING:
@@ -30,23 +30,10 @@ def _tty() -> bool:
     return sys.stderr.isatty()
 
 
-def _endpoint_options(values: dict[str, Any], api_key_env: str, price_model: str | None
-                      ) -> Any:
-    from .generate import EndpointOptions
-    from .oracle.pricing import Prices
-
-    names = {f.name for f in dataclasses.fields(EndpointOptions)}
-    kw = {k: v for k, v in values.items() if k in names}
-    prices = Prices.load(values.get("prices_file"), model=price_model,
-                         price_in=values.get("price_in"), price_out=values.get("price_out"))
-    return EndpointOptions(api_key_env=api_key_env, prices=prices, **kw)
-
-
-def _only(values: dict[str, Any], func: Callable[..., Any]) -> dict[str, Any]:
-    import inspect
-
-    params = inspect.signature(func).parameters
-    return {k: v for k, v in values.items() if k in params}
+def _settings(cls: type, values: dict[str, Any], **given: Any) -> Any:
+    """``cls`` from the recipe section's values that are its fields, and ``given``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names}, **given)
 
 
 # ---------------------------------------------------------------- recycle, score, select
@@ -63,13 +50,23 @@ def run_recycle(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Resu
             store.db.execute("DELETE FROM invalid")
     config = dataclasses.replace(r.recycle, progress=_tty())
     out = exp.run_dir / "candidates.jsonl"
-    s = recycle(r.data, exp.run_dir, config, output=out)
-    kinds = {k: sum(v.values()) for k, v in s.candidates.items()}
-    single = kinds.get("orig", 0) - s.candidates.get("orig", {}).get("skipped", 0)
+    if config.mode == "batch":
+        summary = _recycle_batch(exp, config, out)
+    elif config.mode == "online":
+        s = recycle(r.data, exp.run_dir, config, output=out)
+        summary = {"records": s.records, "candidates": s.candidates, "calls": s.calls,
+                   "failures": s.failures, "invalid": s.invalid}
+    else:
+        raise ConfigError(
+            f"recycle.mode {config.mode}: its request files run outside the experiment; run "
+            f"`rtune recycle {r.data} --run-dir {exp.run_dir} --mode {config.mode} ...` until "
+            "every result is in, then the experiment with recycle.mode online or batch (every "
+            "stored call is reused, none is paid again)")
+    candidates = summary["candidates"]
+    kinds = {k: sum(v.values()) for k, v in candidates.items()}
+    single = kinds.get("orig", 0) - candidates.get("orig", {}).get("skipped", 0)
     short = {k: single - kinds.get(k, 0) for k in ("ins", "res", "both", "reflection")
              if k in _kinds(r) and kinds.get(k, 0) < single}
-    summary = {"records": s.records, "candidates": s.candidates, "calls": s.calls,
-               "failures": s.failures, "invalid": s.invalid}
     if short:
         raise StepIncomplete(
             "recycle: candidates missing after failed oracle calls ("
@@ -77,6 +74,23 @@ def run_recycle(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Resu
             "(finished calls are not paid again; rtune status " + str(exp.run_dir) + ")")
     return {"outputs": {"run": exp.rel(exp.run_dir), "candidates": exp.rel(out)},
             "summary": summary}
+
+
+def _recycle_batch(exp: Experiment, config: Any, out: Path) -> dict[str, Any]:
+    """One step of ``--mode batch`` (collect what finished, submit the next round); the step
+    stays unfinished while batches run or requests wait, and a rerun steps on."""
+    from .recycle_batch import recycle_batch
+
+    s = recycle_batch(exp.recipe.data, exp.run_dir, config, output=out)
+    if not s.done:
+        raise StepIncomplete(
+            f"recycle: {s.active} batch(es) running at the Batch API, {s.pending} request(s) "
+            f"waiting to be sent; rerun later to collect them and send the next round "
+            f"(rtune status {exp.run_dir})")
+    counts = s.totals["candidates"]
+    return {"records": sum(counts.get("orig", {}).values()), "candidates": counts,
+            "calls": s.totals["calls"], "failures": s.failures,
+            "invalid": s.totals["invalid"], "requests": s.totals["requests"]}
 
 
 def _kinds(recipe: Any) -> set[str]:
@@ -87,13 +101,13 @@ def _kinds(recipe: Any) -> set[str]:
 
 def run_score(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Result:
     from .extras import require
-    from .score import NAMESPACE, score_run
+    from .score import score_run
     from .store import RunStore
 
     require("local", "rtune run (score)")
     if fresh:
         with RunStore(exp.run_dir) as store:
-            store.db.execute("DELETE FROM items WHERE ns = ?", (NAMESPACE,))
+            store.delete_scores()
     s = score_run(exp.run_dir, exp.recipe.score)
     keep = ("candidates", "scored_total", "seconds", "records_per_s", "by_kind",
             "undefined_reasons")
@@ -102,8 +116,7 @@ def run_score(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Result
 
 def run_select(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Result:
     from .io import write_records
-    from .score_config import NAMESPACE as SCORES_NAMESPACE
-    from .score_config import SCORE_FIELDS, score_key
+    from .score_config import SCORE_FIELDS
     from .select import NAMESPACE, select, write_selection
     from .store import RunStore
 
@@ -112,7 +125,7 @@ def run_select(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Resul
         store.db.execute("DELETE FROM items WHERE ns = ?", (NAMESPACE,))
     sel = select(exp.run_dir, **r.select)
     with RunStore(exp.run_dir) as store:
-        scores = dict(store.items(SCORES_NAMESPACE))
+        scores = store.scores()
         written: dict[str, dict[str, Any]] = {}
         for arm in r.arms:
             data = r.arms[arm].data
@@ -125,7 +138,7 @@ def run_select(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Resul
                 kind = "orig" if data == "original" else data
                 recs = []
                 for rec in store.candidates(kind):
-                    s = scores.get(score_key(rec.source_index, rec.kind)) or {}
+                    s = scores.get((rec.source_index, rec.kind)) or {}
                     rec.extra = {**rec.extra, **{k: s[k] for k in SCORE_FIELDS if k in s}}
                     recs.append(rec)
                 n = write_records(recs, path)
@@ -191,7 +204,7 @@ def _last_checkpoint(out: Path) -> str | None:
 
 def run_generate(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Result:
     from .extras import require
-    from .generate import generate
+    from .generate import GenerateConfig, generate
 
     require("local", "rtune run (generate)")
     arm = step.target or ""
@@ -199,10 +212,9 @@ def run_generate(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Res
     if fresh:
         out.unlink(missing_ok=True)
         shutil.rmtree(run_dir, ignore_errors=True)
-    g = exp.recipe.generate
-    options = _endpoint_options(g, "OPENAI_API_KEY", None)
-    s = generate(str(exp.model_dir(arm)), exp.recipe.test_sets, out, name=arm,
-                 run_dir=run_dir, options=options, progress=_tty(), **_only(g, generate))
+    config = _settings(GenerateConfig, exp.recipe.generate, spec=str(exp.model_dir(arm)),
+                       name=arm)
+    s = generate(config, exp.recipe.test_sets, out, run_dir=run_dir, progress=_tty())
     if s["failed"]:
         raise StepIncomplete(f"generate:{arm}: {len(s['failed'])} answers failed "
                              f"({s['failed'][0]['reason']}); rerun to retry them")
@@ -214,7 +226,7 @@ def run_generate(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Res
 
 
 def run_judge(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Result:
-    from .judge import judge
+    from .judge import JudgeConfig, judge
 
     a, _, b = (step.target or "").partition("-vs-")
     r = exp.recipe
@@ -223,10 +235,10 @@ def run_judge(exp: Experiment, step: Step, *, fresh: bool, echo: Echo) -> Result
     if fresh:  # the judge's own store stays: its judgments are checked request by request
         for name in ("results.json", "questions.jsonl", "wtl.png"):
             (out / name).unlink(missing_ok=True)
-    options = _endpoint_options(r.judge, ref.api_key_env, ref.model or ref.spec)
-    res = judge([exp.answers(a)], [exp.answers(b)], judge_spec=ref.spec, model=ref.model,
-                run_dir=out / "run", out_dir=out, options=options, progress=_tty(),
-                **_only(r.judge, judge))
+    config = _settings(JudgeConfig, r.judge, spec=ref.spec, model=ref.model,
+                       api_key_env=ref.api_key_env)
+    res = judge([exp.answers(a)], [exp.answers(b)], config, run_dir=out / "run", out_dir=out,
+                progress=_tty())
     if res["failures"].get("error"):
         raise StepIncomplete(f"judge:{a}-vs-{b}: {res['failures']['error']} judgments failed "
                              "(endpoint errors); rerun to retry them")

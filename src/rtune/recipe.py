@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .model_spec import ModelSpec
 from .recipe_schema import Mismatch, Setting, check, dataclass_settings, signature_settings
 from .recipe_schema import type_name as _type_name
 from .recipe_yaml import Document, Key, RecipeError, apply_override, dotted, load_document
@@ -32,7 +33,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 # section -> setting -> where that setting comes from instead
 SET_ELSEWHERE: dict[str, dict[str, str]] = {
-    "recycle": {"oracle": "models.oracle", "model": "models.oracle",
+    "recycle": {"spec": "models.oracle", "oracle": "models.oracle", "model": "models.oracle",
                 "api_key_env": "models.oracle", "progress": "the experiment"},
     "score": {"student": "models.student",
               "force": "the experiment (a changed setting rescores)"},
@@ -45,7 +46,7 @@ SET_ELSEWHERE: dict[str, dict[str, str]] = {
                  "options": "the settings beside it", "alpaca_eval": "the experiment",
                  "progress": "the experiment", "api_key_env": "the arm's model",
                  "prices": "prices_file / price_in / price_out"},
-    "judge": {"paths_a": "pairs", "paths_b": "pairs", "judge_spec": "models.judge",
+    "judge": {"paths_a": "pairs", "paths_b": "pairs", "judge_spec": "models.judge", "spec": "models.judge",
               "model": "models.judge", "run_dir": "the experiment", "out_dir": "the experiment",
               "options": "the settings beside it", "progress": "the experiment",
               "api_key_env": "models.judge", "prices": "prices_file / price_in / price_out"},
@@ -67,15 +68,15 @@ class ModelRef:
     api_key_env: str = "OPENAI_API_KEY"
 
     @property
+    def parsed(self) -> ModelSpec:
+        return ModelSpec.parse(self.spec, self.model)
+
+    @property
     def is_endpoint(self) -> bool:
-        return self.spec.startswith(("http://", "https://"))
+        return self.parsed.is_endpoint
 
     def label(self) -> str:
-        if self.is_endpoint:
-            return f"{self.model} at {self.spec}"
-        if self.spec in ("local", "llamacpp"):
-            return f"{self.spec} (the embedded SmolLM2-135M-Instruct)"
-        return self.spec
+        return self.parsed.label()
 
 
 @dataclass
@@ -113,26 +114,25 @@ class Recipe:
 @functools.lru_cache(maxsize=1)
 def section_settings() -> dict[str, dict[str, Setting]]:
     """Each step section's settings: names, types and defaults from the stage itself."""
-    from .bench import bench
-    from .generate import EndpointOptions, generate
-    from .judge import judge
+    from .bench import BenchConfig
+    from .generate import GenerateConfig
+    from .judge import JudgeConfig
     from .recycle_config import RecycleConfig
     from .score_config import ScoreConfig
     from .select import select
     from .train_config import TrainConfig
 
     skip = SET_ELSEWHERE
-    endpoint = dataclass_settings(EndpointOptions, exclude=("api_key_env", "prices"))
-    prices = {k: v for k, v in dataclass_settings(RecycleConfig).items()
-              if k in ("prices_file", "price_in", "price_out")}
+    price_keys = ("prices_file", "price_in", "price_out")
     return {
         "recycle": dataclass_settings(RecycleConfig, exclude=skip["recycle"]),
         "score": dataclass_settings(ScoreConfig, exclude=skip["score"]),
         "select": signature_settings(select, exclude=skip["select"]),
         "train": dataclass_settings(TrainConfig, exclude=skip["train"]),
-        "generate": {**signature_settings(generate, exclude=skip["generate"]), **endpoint},
-        "judge": {**signature_settings(judge, exclude=skip["judge"]), **endpoint, **prices},
-        "bench": signature_settings(bench, exclude=skip["bench"]),
+        "generate": dataclass_settings(GenerateConfig, exclude=(
+            *skip["generate"], "spec", "replicas", *price_keys)),
+        "judge": dataclass_settings(JudgeConfig, exclude=(*skip["judge"], "spec", "replicas")),
+        "bench": dataclass_settings(BenchConfig, exclude=skip["bench"]),
     }
 
 
@@ -236,6 +236,14 @@ class _Reader:
             return self.err((*key, m.group(1).replace("-", "_")), text[m.end():])
         return self.err(key, text)
 
+    def check_endpoint(self, name: str, values: dict[str, Any], **model: Any) -> None:
+        """The endpoint settings of a keyword section, checked as its command checks them."""
+        from .endpoint_config import EndpointConfig
+
+        names = {f.name for f in dataclasses.fields(EndpointConfig)}
+        self.build((name,), EndpointConfig, **{k: v for k, v in values.items() if k in names},
+                   **model)
+
     # ------------------------------------------------------------ parts
     def model_ref(self, role: str, raw: Any, default: ModelRef) -> ModelRef:
         key: Key = ("models", role)
@@ -261,13 +269,13 @@ class _Reader:
 
     def model_spec(self, key: Key, spec: str) -> str:
         """Paths become absolute (from the recipe's folder); names and URLs stay as they are."""
-        if spec.startswith(("http://", "https://")) or spec in ("local", "llamacpp"):
+        parsed = ModelSpec.parse(spec)
+        if parsed.is_endpoint or parsed.path is None:
             return spec
         prefix = ""
         rest = spec
-        for p in ("local:", "llamacpp:"):
-            if spec.startswith(p):
-                prefix, rest = p, spec[len(p):]
+        if parsed.kind == "llamacpp" or spec.startswith("local:"):
+            prefix, rest = spec[:spec.index(":") + 1], spec[spec.index(":") + 1:]
         if prefix or rest.startswith(("/", "./", "../", "~")) or \
                 (self.base_for(key) / rest).exists():
             return prefix + str(self.path(key, rest, kind="model"))
@@ -385,7 +393,7 @@ class _Reader:
                 raise self.unknown(("models", role), list(MODEL_ROLES))
         rdef, sdef, tdef = RecycleConfig(), ScoreConfig(), TrainConfig()
         oracle = self.model_ref("oracle", models_raw.get("oracle"),
-                                ModelRef(rdef.oracle, rdef.model, rdef.api_key_env))
+                                ModelRef(rdef.spec, rdef.model, rdef.api_key_env))
         student = self.model_ref("student", models_raw.get("student"), ModelRef(sdef.student))
         base_model = self.model_ref("base_model", models_raw.get("base_model"),
                                     ModelRef(tdef.model))
@@ -424,6 +432,8 @@ class _Reader:
                            "judging needs test_sets (the questions both arms answer)")
         generate = self.full("generate", self.section("generate", d.get("generate")))
         judge = self.full("judge", self.section("judge", d.get("judge")))
+        self.check_endpoint("generate", generate)
+        self.check_endpoint("judge", judge, spec=judge_model.spec, model=judge_model.model)
         bench = None
         if d.get("bench") is not None:
             bench = self.full("bench", self.section("bench", d.get("bench")))

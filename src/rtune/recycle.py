@@ -24,10 +24,9 @@ from .fingerprint import check_same_run, run_identity
 from .guided import GuidedSpec, Shape, check_prompt, stage_shape
 from .io import read_records, write_records
 from .linear import off_loop
-from .oracle import Engine, EngineConfig, PermanentError, TransientError, make_backend
+from .oracle import PermanentError, TransientError
 from .oracle.base import Backend, ChatRequest
 from .oracle.deferred import Deferred
-from .oracle.pricing import Prices
 from .parse import parse_sections
 from .progress import RunProgress
 from .prompts import Prompt, load_prompt
@@ -76,12 +75,8 @@ class Recycler:
         self.store = store
         self.backend = backend
         self.progress = progress
-        prices = Prices.load(config.prices_file, model=config.model_name,
-                             price_in=config.price_in, price_out=config.price_out)
-        self.engine = Engine(backend, store, EngineConfig(
-            concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm,
-            max_retries=config.max_retries, timeout=config.timeout, prices=prices),
-            on_call=progress.add_call if progress else None)
+        self.engine = config.engine(store, backend=backend,
+                                    on_call=progress.add_call if progress else None)
         self.prompts: dict[str, Prompt] = {
             spec.prompt: load_prompt(spec.prompt, config.prompts_dir)
             for name, spec in STAGE_SPECS.items() if name in config.stages}
@@ -351,8 +346,7 @@ def validate_input(path: str | Path, config: RecycleConfig,
 def result_settings(config: RecycleConfig) -> dict[str, Any]:
     """The settings that change a run's results (not its speed or cost), each prompt as its
     tag and a hash of its text. Loads prompts and prices, so bad ones are refused here."""
-    Prices.load(config.prices_file, model=config.model_name, price_in=config.price_in,
-                price_out=config.price_out)
+    config.prices()
     names = {STAGE_SPECS[s].prompt for s in config.stages if s in STAGE_SPECS} | {"reask"}
     if "reflection-format" in config.stages:
         names.add("reflection_format")
@@ -411,10 +405,7 @@ def recycle(input_path: str | Path, run_dir: str | Path, config: RecycleConfig |
     invalid: list[InputError] = []
     total = validate_input(input_path, config, invalid)
     identity = run_identity(input_path, result_settings(config))
-    backend = backend or make_backend(config.oracle, model=config.model,
-                                      api_key_env=config.api_key_env, timeout=config.timeout,
-                                      context_length=config.context_length,
-                                      batch_size=config.batch_size, replicas=config.replicas)
+    backend = backend or config.backend()
     try:
         store = _open_run(run_dir, identity, invalid, force_new)
     except BaseException:

@@ -226,19 +226,15 @@ def recycle_batch(input_path: str | Path, run_dir: str | Path, config: RecycleCo
                   options: BatchOptions | None = None, *, output: str | Path | None = None,
                   output_format: str = "jsonl", force_new: bool = False,
                   api: BatchApi | None = None) -> BatchSummary:
-    """Recycle ``input_path`` into ``run_dir`` through the Batch API at ``config.oracle``:
+    """Recycle ``input_path`` into ``run_dir`` through the Batch API at ``config.spec``:
     one step, or steps until done with ``options.wait``. Writes every candidate so far to
     ``output``."""
     options = options or BatchOptions()
-    api = api or BatchApi(config.oracle, api_key_env=config.api_key_env, timeout=config.timeout)
+    api = api or BatchApi(config.spec, api_key_env=config.api_key_env, timeout=config.timeout)
     online = None
     if options.fallback_online:
-        from .oracle import make_backend
-
         def online():  # a fresh client per round: each round runs its own event loop
-            return make_backend(config.oracle, model=config.model,
-                                api_key_env=config.api_key_env, timeout=config.timeout,
-                                context_length=config.context_length)
+            return config.backend()
     summary = BatchSummary(run_dir=str(run_dir))
     with RoundsRun(input_path, run_dir, config, options, online=online,
                    force_new=force_new) as run:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .cli_fields import settings_field
+from .endpoint_config import EndpointConfig, check_settings
 from .errors import ConfigError
 from .guided import check_guided, guided_default
-from .oracle.engine import check_settings
+from .model_spec import is_url
 
 STAGES = ("compress", "instruction", "response", "both", "reflection-format")
 DEFAULT_STAGES = ("instruction", "response", "both")
@@ -20,37 +22,31 @@ MODES = ("online", "batch", "export", "import")
 
 
 @dataclass
-class RecycleConfig:
+class RecycleConfig(EndpointConfig):
+    """The oracle (:class:`~rtune.endpoint_config.EndpointConfig`'s fields) and the
+    recycling settings."""
+
     stages: tuple[str, ...] = DEFAULT_STAGES
-    oracle: str = "local"  # local | local:/path | llamacpp | http(s)://host/v1
-    replicas: tuple[str, ...] = ()  # more base URLs serving the same model: one window
     mode: str = "online"
-    model: str | None = None  # the served model name (required for HTTP oracles)
-    api_key_env: str = "OPENAI_API_KEY"
-    prompts_dir: str | None = None
+    prompts_dir: str | None = settings_field(
+        None, "folder of prompt YAML files overriding the packaged ones by name",
+        flag="--prompts", metavar="DIR")
     with_example: bool | None = None  # worked example in the conversation; None: local only
-    reask: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 2048
-    context_length: int | None = None  # the oracle's window; local models know their own
-    concurrency: int = 16
-    rpm: float | None = None
-    tpm: float | None = None
-    timeout: float = 120.0
-    max_retries: int = 6
-    batch_size: int = 8  # local oracles: generation batch
+    reask: int = settings_field(
+        1, "times to re-ask when a reply misses a marker before falling back")
+    temperature: float = settings_field(0.0, "oracle sampling temperature (0 = greedy)")
+    top_p: float = settings_field(1.0, "nucleus sampling (temperature > 0)")
+    max_tokens: int = settings_field(
+        2048, "reply budget per call (bounded by the context left)")
     # auto | regex | json | grammar | off; None: auto for local oracles, off for endpoints
     guided: str | bool | None = None
-    prices_file: str | None = None
-    price_in: float | None = None
-    price_out: float | None = None
-    skip_invalid: bool = False
-    limit: int | None = None
+    skip_invalid: bool = settings_field(
+        False, "skip bad records (listed in `rtune status`) instead of stopping")
+    limit: int | None = settings_field(None, "only the first N records", metavar="N")
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, oracle: str | None = None) -> None:
         stages = tuple(s.strip() for s in self.stages if s.strip())
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
@@ -61,13 +57,9 @@ class RecycleConfig:
         if "both" in stages and "instruction" not in stages:
             stages = ("instruction", *stages)  # both = response reflection of the ins result
         self.stages = stages
-        if self.oracle.startswith(("http://", "https://")) and not self.model:
-            raise ConfigError("--model is required with an HTTP oracle (the served model name)")
+        super().__post_init__(oracle)
         self._check_mode()
-        check_settings(concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm,
-                       timeout=self.timeout, max_retries=self.max_retries,
-                       batch_size=self.batch_size, max_tokens=self.max_tokens,
-                       context_length=self.context_length)
+        check_settings(max_tokens=self.max_tokens)
         if self.reask < 0:
             raise ConfigError(f"--reask must be 0 or more (got {self.reask})")
         self.guided = check_guided(self.guided)
@@ -78,10 +70,8 @@ class RecycleConfig:
     def _check_mode(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"--mode {self.mode!r}: choose from {', '.join(MODES)}")
-        http = self.oracle.startswith(("http://", "https://"))
-        self.replicas = tuple(self.replicas)
-        if self.replicas and not (http and all(r.startswith(("http://", "https://"))
-                                               for r in self.replicas)):
+        http = is_url(self.spec)
+        if self.replicas and not (http and all(is_url(r) for r in self.replicas)):
             raise ConfigError("several --oracle values are replicas of one served model: "
                               "give each as an http(s):// base URL")
         if self.replicas and self.mode not in ("online",):
@@ -96,9 +86,8 @@ class RecycleConfig:
 
     @property
     def model_name(self) -> str:
-        if self.model:
-            return self.model
-        return "smollm2-135m-instruct" if self.oracle in ("local", "llamacpp") else self.oracle
+        """The name the requests carry (:attr:`~rtune.model_spec.ModelSpec.request_name`)."""
+        return self.model_spec.request_name
 
     @property
     def guided_mode(self) -> str:
@@ -106,17 +95,18 @@ class RecycleConfig:
         batch modes, whose lines carry no guided fields."""
         if self.mode != "online":
             return "off"
-        return guided_default(self.guided, self.oracle)
+        return guided_default(self.guided, self.spec)
 
     @property
     def use_example(self) -> bool:
         if self.with_example is not None:
             return self.with_example
-        return not self.oracle.startswith(("http://", "https://")) and self.mode == "online"
+        return not self.model_spec.is_endpoint and self.mode == "online"
 
     def public(self) -> dict[str, Any]:
         """What is safe to store in the run: everything here (no secrets, only env names)."""
         d = asdict(self)
+        d["oracle"] = d.pop("spec")  # the key stored runs have
         d["stages"] = list(self.stages)
         d["replicas"] = list(self.replicas)
         return d

@@ -32,7 +32,6 @@ from .io import write_records
 from .oracle.base import Backend, ChatRequest, PermanentError
 from .oracle.batch_files import MAX_BYTES, MAX_LINES, ShardWriter, request_line
 from .oracle.deferred import DeferringEngine
-from .oracle.pricing import Prices
 from .progress import RunProgress
 from .recycle import Recycler, _open_run, iter_input, result_settings, validate_input
 from .recycle_config import RecycleConfig
@@ -141,8 +140,7 @@ class RoundsRun:
             self.store.close()
             raise
         self.online = online
-        self.prices = Prices.load(config.prices_file, model=config.model_name,
-                                  price_in=config.price_in, price_out=config.price_out)
+        self.prices = config.prices()
 
     def __enter__(self) -> RoundsRun:
         return self

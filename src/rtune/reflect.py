@@ -9,11 +9,14 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .cli_fields import settings_field
+from .endpoint_config import EndpointConfig, check_settings
 from .linear import off_loop
+from .model_spec import is_url
 from .oracle.base import ChatRequest
 from .prompts import load_prompt
 from .reflection import extract_output, parse_reflection
@@ -60,7 +63,7 @@ class Reflector:
         self.engine, self.model, self.mode, self.rounds = engine, model, mode, rounds
         self.temperature, self.max_tokens = temperature, max_tokens
         if with_example is None:  # weak local models need a worked example; endpoints do not
-            with_example = not str(getattr(engine.backend, "name", "")).startswith("http")
+            with_example = not is_url(str(getattr(engine.backend, "name", "")))
         self.with_example = with_example
         self.stop_when_correct = stop_when_correct
         self.prompt = load_prompt("reflection_system" if mode == "format" else "reflection_loop",
@@ -179,68 +182,70 @@ def _items(questions: Iterable[str | dict[str, Any]]) -> list[tuple[int, str, st
     return items
 
 
-def default_model_name(oracle: str, model: str | None) -> str:
-    if model:
-        return model
-    return "smollm2-135m-instruct" if oracle in ("local", "llamacpp") else oracle
+@dataclass
+class ReflectConfig(EndpointConfig):
+    """The model (:class:`~rtune.endpoint_config.EndpointConfig`'s fields) and how it answers."""
+
+    mode: str = settings_field(
+        "format", "format: one call with the reflection system prompt; loop: draft, then "
+        "critique + revise for --rounds rounds", choices=MODES)
+    rounds: int = settings_field(
+        2, "loop mode: critique/revise rounds (stops early on 'Verdict: correct')")
+    temperature: float = settings_field(0.0, "sampling temperature")
+    max_tokens: int = settings_field(2048, "reply budget per call")
+    prompts_dir: str | None = settings_field(
+        None, "folder of prompt YAML files overriding the packaged ones by name",
+        flag="--prompts", metavar="DIR")
+    with_example: bool | None = None  # format mode: a worked example; None: local models only
+    stop_when_correct: bool = True  # loop mode: stop at a critique's 'Verdict: correct'
+    guided: str | bool | None = None  # format mode: None: auto for a local model, off else
+
+    def __post_init__(self, oracle: str | None = None) -> None:
+        from .errors import ConfigError
+        from .guided import check_guided
+
+        if self.mode not in MODES:  # checked before any model loads
+            raise ConfigError(f"--mode {self.mode!r}: choose from {', '.join(MODES)}")
+        if self.rounds < 0:
+            raise ConfigError("--rounds must be >= 0")
+        check_guided(self.guided)
+        super().__post_init__(oracle)
+        check_settings(max_tokens=self.max_tokens)
 
 
-def reflect(questions: Iterable[str | dict[str, Any]], *, engine: Any = None,
-            oracle: str = "local", model: str | None = None, mode: str = "format",
-            rounds: int = 2, run_dir: str | Path | None = None, temperature: float = 0.0,
-            max_tokens: int = 2048, with_example: bool | None = None,
-            prompts_dir: str | Path | None = None, concurrency: int = 16,
-            api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
-            rpm: float | None = None, tpm: float | None = None, max_retries: int = 6,
-            context_length: int | None = None, batch_size: int = 8,
-            prices: Any = None, stop_when_correct: bool = True,
-            guided: str | None = None) -> list[dict[str, Any]]:
+def reflect(questions: Iterable[str | dict[str, Any]], config: ReflectConfig | None = None, *,
+            engine: Any = None, run_dir: str | Path | None = None,
+            **settings: Any) -> list[dict[str, Any]]:
     """Answer ``questions`` in the reflection format (``mode="format"``: one call with the
     reflection system prompt) or by self-reflection (``mode="loop"``: draft, then ``rounds`` x
     critique + revise, every round kept). Results come back in input order; each has
     ``answer`` (the final answer), ``thinking``, ``reflections``, ``text`` (the tagged text),
     ``flagged``/``reason`` (format mode: no usable ``<output>``), ``rounds`` (loop mode), or
     ``error`` when the model could not be reached (not stored; a rerun retries it).
-    ``guided``: the ``--guided`` mode of format mode (None: auto for a local model, off for an
-    endpoint).
+    ``settings``: :class:`ReflectConfig` fields, over ``config`` (e.g. ``oracle=URL,
+    model=NAME, mode="loop"``).
 
     With ``run_dir`` (or an ``engine`` that has a store) every call and every result is kept in
     the run store: a rerun pays nothing for what is done.
     """
-    from .errors import ConfigError
-    from .guided import check_guided
-    from .oracle import Engine, EngineConfig, make_backend
-    from .oracle.engine import check_settings
     from .store import RunStore
 
-    if mode not in MODES:  # checked before any model loads
-        raise ConfigError(f"--mode {mode!r}: choose from {', '.join(MODES)}")
-    if rounds < 0:
-        raise ConfigError("--rounds must be >= 0")
-    check_guided(guided)
-    check_settings(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=timeout,
-                   max_retries=max_retries, batch_size=batch_size, max_tokens=max_tokens,
-                   context_length=context_length)
+    config = replace(config, **settings) if config is not None else ReflectConfig(**settings)
     items = _items(questions)
     store = None
-    name = model or (str(engine.backend.name) if engine is not None
-                     else default_model_name(oracle, model))
+    name = config.model or (str(engine.backend.name) if engine is not None
+                            else config.model_spec.request_name)
     if engine is None:
-        if oracle.startswith(("http://", "https://")) and not model:
-            raise ConfigError("--model is required with an HTTP oracle (the served model name)")
         store = RunStore(run_dir, writer="reflect") if run_dir is not None else None
-        backend = make_backend(oracle, model=model, api_key_env=api_key_env, timeout=timeout,
-                               context_length=context_length, batch_size=batch_size)
-        engine = Engine(backend, store, EngineConfig(
-            concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries, timeout=timeout,
-            **({"prices": prices} if prices is not None else {})))
+        engine = config.engine(store)
     try:
-        reflector = Reflector(engine, name, mode=mode, rounds=rounds, temperature=temperature,
-                              max_tokens=max_tokens, with_example=with_example,
-                              prompts_dir=prompts_dir, stop_when_correct=stop_when_correct,
-                              guided=guided)
+        reflector = Reflector(engine, name, mode=config.mode, rounds=config.rounds,
+                              temperature=config.temperature, max_tokens=config.max_tokens,
+                              with_example=config.with_example, prompts_dir=config.prompts_dir,
+                              stop_when_correct=config.stop_when_correct, guided=config.guided)
         if engine.store is not None:
-            engine.store.set_meta("reflect", {"mode": mode, "rounds": rounds, "model": name})
+            engine.store.set_meta("reflect", {"mode": config.mode, "rounds": config.rounds,
+                                              "model": name})
         results = engine.run(reflector.answer, items)
     finally:
         if store is not None:

@@ -20,7 +20,7 @@ from .io import write_text_atomic
 from .records import Record
 from .report_assets import PAGE
 from .report_figures import all_figures
-from .score_config import SUMMARY_FIELDS, score_key
+from .score_config import SUMMARY_FIELDS
 from .stats import DEFAULT_COHERENCE_SAMPLE, Input, Stats, gather
 
 CHUNK_ROWS = 200
@@ -182,7 +182,7 @@ def _run_rows(inp: Input, coh: dict) -> tuple[dict[str, Any], list[dict[str, Any
             rec = run.record(idx, kind)
             if rec is None:
                 continue
-            sc = {k: run.scores.get(score_key(idx, kind), {}).get(k) for k in SUMMARY_FIELDS}
+            sc = {k: run.scores.get((idx, kind), {}).get(k) for k in SUMMARY_FIELDS}
             sc = {k: v for k, v in sc.items() if v is not None}
             c = coh.get((inp.name, kind, idx))
             if c is not None:

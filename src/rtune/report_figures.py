@@ -95,12 +95,11 @@ def ifd_figure(stats: Stats) -> bytes | None:
     for inp in stats.inputs:
         if inp.run is None:
             continue
-        for key, sc in inp.run.scores.items():
+        for (idx, kind), sc in inp.run.scores.items():
             x, y = sc.get("ifd_ppl"), sc.get("rifd_ppl")
             if x is None or y is None:
                 continue
-            idx, _, kind = key.partition(":")
-            dec = candidate_decision(inp.run.selection, int(idx), kind)
+            dec = candidate_decision(inp.run.selection, idx, kind)
             xs, ys = points.setdefault(dec, ([], []))
             xs.append(x)
             ys.append(y)

@@ -33,7 +33,8 @@ from typing import Any
 from .distributed import process, wait_for_everyone
 from .errors import ConfigError, InputError
 from .records import Record
-from .score_config import NAMESPACE, SCORE_PROMPTS, ScoreConfig, score_key
+from .score_config import SCORE_PROMPTS, ScoreConfig, fingerprint, settings_identity
+from .score_table import Key
 from .store import RunStore
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,11 @@ Progress = Callable[[int, int], None]  # (done, total)
 # computed like real tokens; on a CPU a smaller batch costs little)
 PAD_LIMIT = 1.15
 MEMO_SIZE = 1_000_000  # losses of distinct sequences kept for reuse (~150 bytes each)
+SETTINGS_META = "score_settings"  # meta: settings fingerprint -> the settings it digests
 
 
-def record_key(rec: Record) -> str:
-    return score_key(rec.source_index, rec.kind)
+def record_key(rec: Record) -> Key:
+    return rec.source_index, rec.kind
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Scorer:
             if self._fast_head else "past_key_values"
         self._prefix_kv: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
         self._memo: dict[bytes, float] = {}  # sequence key -> mean loss
+        self._fingerprint = config.fingerprint()
         if config.template not in SCORE_PROMPTS:
             from .templates import check_tokenizer
 
@@ -104,9 +107,14 @@ class Scorer:
             return form.format_map({"instruction": instruction, "input": input})
         from .templates import render_prompt
 
-        user = f"{instruction}\n\n{input}" if input else instruction
+        user = self.join(instruction, input)
         name = "auto" if self.config.template == "chat" else self.config.template
         return render_prompt(name, user, tokenizer=self.tokenizer)
+
+    def join(self, instruction: str, input: str) -> str:
+        """x as one text: the instruction, ``input_join`` and the input (the instruction alone
+        when there is no input)."""
+        return f"{instruction}{self.config.input_join}{input}" if input else instruction
 
     def reverse_prompt(self, output: str) -> str:
         """p(r(y)): the prompt asking the student for the instruction behind ``output``."""
@@ -138,7 +146,7 @@ class Scorer:
         a_cond, cut2 = self._encode(prompt + rec.output, L)
         seqs["A_direct"], seqs["A_condition"] = Seq(a_direct, 1), Seq(a_cond, p_full)
         truncated |= cut1 or cut2
-        question = rec.prompt_text
+        question = self.join(rec.instruction, rec.input if rec.input.strip() else "")
         if not question.strip():
             reasons["Q_direct"] = reasons["Q_condition"] = "empty instruction"
         else:
@@ -316,8 +324,8 @@ class Scorer:
                 reasons[ratio] = f"{ratio}: {metric}_{part}_direct is 0"
         reason_list = list(dict.fromkeys(reasons.values()))  # "empty answer" once, not 4 times
         out.update(student=self.student_name, template=self.config.template,
-                   max_length=self.config.max_length, truncated=enc.truncated,
-                   reason="; ".join(reason_list) or None)
+                   max_length=self.config.max_length, score_settings=self._fingerprint,
+                   truncated=enc.truncated, reason="; ".join(reason_list) or None)
         return out
 
     @property
@@ -380,8 +388,8 @@ def score_records(records: Iterable[Record], config: ScoreConfig, *, model: Any 
 
 def score_run(run_dir: str | Path, config: ScoreConfig, *, progress: Progress | None = None,
               model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Score every candidate of a run into the store (namespace ``scores``, key
-    ``"{source_index}:{kind}"``), skipping keys already scored: a rerun resumes."""
+    """Score every candidate of a run into the store's ``scores`` table, skipping candidates
+    already scored: a rerun resumes."""
     config.validate()
     with RunStore(run_dir, create=False) as store:
         candidates = list(store.candidates())
@@ -423,7 +431,7 @@ def score_file(path: str | os.PathLike, config: ScoreConfig, output: str | os.Pa
     if rank == 0:  # scores of an earlier version of the input are stale
         with RunStore(work) as store:
             if store.get_meta("input") not in (None, stamp):
-                store.db.execute("DELETE FROM items WHERE ns = ?", (NAMESPACE,))
+                store.delete_scores()
             store.set_meta("input", stamp)
     wait_for_everyone()
     with RunStore(work) as store:
@@ -435,7 +443,7 @@ def score_file(path: str | os.PathLike, config: ScoreConfig, output: str | os.Pa
                 "processes": world}
     with RunStore(work) as store:
         summary = _summary(store, records, seconds, done)
-        scores = dict(store.items(NAMESPACE))
+        scores = store.scores()
     _write_scored(records, scores, output)
     for name in os.listdir(work):
         os.unlink(work / name)
@@ -448,12 +456,12 @@ def write_run_scores(run_dir: str | Path, output: str | os.PathLike) -> int:
     """Write every candidate of a run with its scores (flat JSONL, the authors' field names)."""
     with RunStore(run_dir, create=False) as store:
         records = list(store.candidates())
-        scores = dict(store.items(NAMESPACE))
+        scores = store.scores()
     _write_scored(records, scores, Path(output))
     return len(records)
 
 
-def scored_rows(records: Iterable[Record], scores: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def scored_rows(records: Iterable[Record], scores: dict[Key, Any]) -> Iterator[dict[str, Any]]:
     """Each record as a flat dict (provenance fields, extras, then the score fields)."""
     for rec in records:
         row = rec.to_dict()
@@ -466,18 +474,10 @@ def scored_rows(records: Iterable[Record], scores: dict[str, Any]) -> Iterator[d
 def _store_scores(store: RunStore, records: list[Record], config: ScoreConfig, *,
                   progress: Progress | None, model: Any, tokenizer: Any) -> tuple[int, float]:
     """Score the records not stored yet; (number scored, seconds of scoring after loading)."""
-    from .models import model_name
-
-    existing = dict(store.items(NAMESPACE))
-    identity = {"student": model_name(config.student), "template": config.template,
-                "max_length": config.max_length}
+    existing: set[Key] = set()
     if not config.force:
-        for key, data in existing.items():
-            mine = {k: data.get(k) for k in identity}
-            if mine != identity:
-                raise ConfigError(
-                    f"scores already stored here were made with {mine} (e.g. {key}), not "
-                    f"{identity}: pass --force to rescore everything with the new settings")
+        _check_settings(store, config)
+        existing = set(store.scores())
     rank, world = process()
     # each process owns a fixed share of all records (not of the pending ones, which change
     # as the others store results), so shares never overlap or leave gaps; a source's
@@ -494,12 +494,38 @@ def _store_scores(store: RunStore, records: list[Record], config: ScoreConfig, *
     scorer = Scorer(config, model, tokenizer)
     started = time.perf_counter()
     done = 0
+    identity = config.identity()
+    store.set_meta(SETTINGS_META, {**store.get_meta(SETTINGS_META, {}),
+                                   fingerprint(identity): identity})
     for chunk in scorer.iter_chunks(pending):
-        store.put_items(NAMESPACE, [(record_key(pending[i]), s) for i, s in chunk])
+        store.put_scores([(record_key(pending[i]), s) for i, s in chunk])
         done += len(chunk)
         if progress:
             progress(done, total)
     return done, time.perf_counter() - started
+
+
+def _check_settings(store: RunStore, config: ScoreConfig) -> None:
+    """Refuse to add scores made with other settings than the stored ones (a mix would rank
+    candidates by two scales)."""
+    new = config.identity()
+    known = store.get_meta(SETTINGS_META, {})
+    for row in store.score_provenance():
+        fp = row["score_settings"]
+        old = known.get(fp) if fp else settings_identity(row["student"], row["template"],
+                                                        row["max_length"])
+        if (fp or fingerprint(old)) == fingerprint(new):
+            continue
+        diffs = [f"{k} {_short(old.get(k))} -> {_short(new[k])}" for k in new
+                 if old and old.get(k) != new[k]] or [f"fingerprint {fp} -> {fingerprint(new)}"]
+        raise ConfigError(f"scores already stored here were made with other settings "
+                          f"({'; '.join(diffs)}): pass --force to rescore everything with "
+                          "the new settings")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "...'"
 
 
 def _with_device(config: ScoreConfig) -> ScoreConfig:
@@ -512,7 +538,7 @@ def _with_device(config: ScoreConfig) -> ScoreConfig:
 
 def _summary(store: RunStore, records: list[Record], seconds: float,
              done: int) -> dict[str, Any]:
-    scores = dict(store.items(NAMESPACE))
+    scores = store.scores()
     by_kind: dict[str, dict[str, Any]] = {}
     reasons: dict[str, int] = {}
     for rec in records:
@@ -546,7 +572,7 @@ def _file_stamp(path: str | os.PathLike) -> str:
     return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def _write_scored(records: list[Record], scores: dict[str, Any], output: Path) -> None:
+def _write_scored(records: list[Record], scores: dict[Key, Any], output: Path) -> None:
     import json
 
     from .io import atomic_output

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ConfigError
 
-NAMESPACE = "scores"  # the run store's items namespace holding one score row per candidate
 # every field of a score row: the four passes' perplexities and mean losses, and the ratios
 SCORE_FIELDS = (
     "ppl_Q_direct", "ppl_A_direct", "ppl_Q_condition", "ppl_A_condition",
@@ -17,17 +18,6 @@ SCORE_FIELDS = (
 # the fields statistics and the report summarise (the ratios and the perplexities)
 SUMMARY_FIELDS = ("ifd_ppl", "rifd_ppl", "ifd_loss", "rifd_loss", "ppl_A_direct",
                   "ppl_A_condition", "ppl_Q_direct", "ppl_Q_condition")
-
-
-def score_key(source_index: int, kind: str) -> str:
-    """The key of a candidate's score row in the run store."""
-    return f"{source_index}:{kind}"
-
-
-def parse_score_key(key: str) -> tuple[int, str]:
-    """``(source_index, kind)`` of a :func:`score_key`."""
-    idx, _, kind = key.partition(":")
-    return int(idx), kind
 
 
 # The authors' student prompts (Selective Reflection-Tuning scoring code): (no input, with input).
@@ -58,6 +48,13 @@ SCORE_ALIASES = {"wiz": "wizardlm", "fastchat": "vicuna", "auto": "chat"}
 REVERSE_PROMPT = ("Here is an answer that someone wrote for an instruction. Guess the "
                   "instruction it answers.\n\nAnswer:\n{output}\n\nWrite the instruction that "
                   "the answer above responds to.")
+# the authors' r(y) in their released scoring code (data_analysis.py)
+AUTHORS_REVERSE_PROMPT = ("Below is the response to an instruction, please guess the "
+                          "corresponding instruction for the given response.\n{output}\n"
+                          "Generate the instruction for the above response.")
+# x = instruction + INPUT_JOIN + input (the Alpaca convention); the authors' code joins with ""
+INPUT_JOIN = "\n\n"
+AUTHORS = {"reverse_prompt": AUTHORS_REVERSE_PROMPT, "input_join": ""}
 
 
 def template_names() -> list[str]:
@@ -69,7 +66,8 @@ def template_names() -> list[str]:
 
 @dataclass
 class ScoreConfig:
-    """How the student model scores candidates (defaults: the authors' settings)."""
+    """How the student model scores candidates. Defaults: the authors' settings, except r(y)
+    and the input join, which are rtune's own (:data:`AUTHORS` holds the authors')."""
 
     student: str = field(default="local", metadata={
         "help": "'local' (embedded SmolLM2-135M-Instruct), 'local:/path' or a model folder"})
@@ -80,7 +78,11 @@ class ScoreConfig:
     batch_size: int = 8  # sequences per forward pass (each candidate needs four)
     device: str = "auto"  # auto: CUDA when available (or accelerate's device), else CPU
     dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
-    reverse_prompt: str = REVERSE_PROMPT
+    reverse_prompt: str = field(default=REVERSE_PROMPT, metadata={
+        "help": "r(y) for r-IFD, with the placeholder {output}"})
+    input_join: str = field(default=INPUT_JOIN, metadata={
+        "help": "text between instruction and input in x (r-IFD's target; a chat template's "
+        "user turn); the authors' code uses \"\""})
     # run the prompt's shared head once per batch (same numbers); None: on CUDA only (on CPU
     # copying the cached head into every layer's KV costs more than the ~40 tokens it saves)
     prefix_cache: bool | None = None
@@ -104,9 +106,31 @@ class ScoreConfig:
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
     def identity(self) -> dict[str, Any]:
-        """The settings that change the numbers: stored scores must match these to be reused."""
-        return {"student": self.student, "template": self.template,
-                "max_length": self.max_length, "reverse_prompt": self.reverse_prompt}
+        """The settings that change the numbers: stored scores must match these to be reused
+        (the student by its name, as score rows record it)."""
+        from .models import model_name
+
+        return settings_identity(model_name(self.student), self.template, self.max_length,
+                                 self.reverse_prompt, self.input_join)
+
+    def fingerprint(self) -> str:
+        """A short digest of :meth:`identity`, stored with every score row."""
+        return fingerprint(self.identity())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def settings_identity(student: str, template: str, max_length: int,
+                      reverse_prompt: str = REVERSE_PROMPT,
+                      input_join: str = INPUT_JOIN) -> dict[str, Any]:
+    """The scoring settings that change the numbers; a stored row without a settings
+    fingerprint counts as made with the default r(y) and join."""
+    return {"student": student, "template": template, "max_length": max_length,
+            "reverse_prompt": reverse_prompt, "input_join": input_join}
+
+
+def fingerprint(identity: dict[str, Any]) -> str:
+    """16 hex digits of the SHA-256 of ``identity`` as sorted JSON."""
+    blob = json.dumps(identity, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -28,8 +28,8 @@ from typing import Any
 
 from .errors import ConfigError, InputError
 from .records import Record
-from .score_config import NAMESPACE as SCORES_NAMESPACE
-from .score_config import parse_score_key
+from .score_table import FIELDS as _SCORE_KEYS
+from .score_table import Key
 from .store import STORE_NAME, RunStore
 from .text import repair_value
 
@@ -47,8 +47,6 @@ CASES = {
     "all": "every candidate kept",
     "stage": "the chosen kind kept",
 }
-
-Key = tuple[int, str]
 
 
 @dataclass
@@ -199,7 +197,7 @@ def load_table(source: str | os.PathLike | Iterable[Mapping[str, Any]]
         if (path / STORE_NAME).is_file():
             with RunStore(path, create=False) as st:
                 records = {(r.source_index, r.kind): r for r in st.candidates()}
-                scores = {parse_score_key(k): v for k, v in st.items(SCORES_NAMESPACE)}
+                scores = st.scores()
             if not scores:
                 raise ConfigError(f"{path}: no scores in this run yet: run rtune score first")
             return records, scores, path
@@ -213,12 +211,6 @@ def load_table(source: str | os.PathLike | Iterable[Mapping[str, Any]]
 
 class _Missing(Exception):
     pass
-
-
-_SCORE_KEYS = ("ppl_Q_direct", "ppl_A_direct", "ppl_Q_condition", "ppl_A_condition",
-               "loss_Q_direct", "loss_A_direct", "loss_Q_condition", "loss_A_condition",
-               "ifd_ppl", "rifd_ppl", "ifd_loss", "rifd_loss", "student", "template",
-               "max_length", "truncated", "reason")
 
 
 def _score_fields(s: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from typing import Any
 from .errors import InputError
 from .io import read_records
 from .records import KINDS, Record
-from .score_config import NAMESPACE as SCORES_NAMESPACE
-from .score_config import SUMMARY_FIELDS, score_key
+from .score_config import SUMMARY_FIELDS
+from .score_table import Key
 from .store import STORE_NAME, RunStore
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class RunData:
     """Everything a run directory holds so far; missing stages leave their parts empty."""
 
     candidates: dict[str, dict[int, Record]]  # kind -> source index -> candidate
-    scores: dict[str, dict[str, Any]]
+    scores: dict[Key, dict[str, Any]]  # (source index, kind) -> score row
     selection: dict[int, dict[str, Any]]
     calls: dict[str, Any]
     call_failures: dict[str, int]
@@ -103,7 +103,7 @@ def _load_run(path: Path, name: str) -> Input:
         order = {k: n for n, k in enumerate(KINDS)}
         kinds = sorted(present | set(RUN_KINDS), key=lambda k: (order.get(k, len(order)), k))
         candidates = {k: {r.source_index: r for r in store.candidates(k)} for k in kinds}
-        scores = dict(store.items(SCORES_NAMESPACE))
+        scores = store.scores()
         selection = {int(k): v for k, v in store.items("selection")}
         run = RunData(candidates, scores, selection, store.call_totals(),
                       store.failure_counts(), store.invalid())
@@ -112,9 +112,9 @@ def _load_run(path: Path, name: str) -> Input:
         recs = run.candidates[kind]
         ordered = [recs[i] for i in sorted(recs)]
         groups.append(Group(name, kind, ordered,
-                            [scores.get(score_key(r.source_index, kind), {}) for r in ordered]))
+                            [scores.get((r.source_index, kind), {}) for r in ordered]))
     kept = [(i, k) for i, d in sorted(selection.items()) for k in kept_kinds(d)]
-    sel = [(run.record(i, k), scores.get(f"{i}:{k}", {})) for i, k in kept]
+    sel = [(run.record(i, k), scores.get((i, k), {})) for i, k in kept]
     sel = [(r, s) for r, s in sel if r is not None]
     if sel:
         groups.append(Group(name, "selected", [r for r, _ in sel], [s for _, s in sel]))

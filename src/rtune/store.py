@@ -7,7 +7,8 @@ A store is marked as rtune's in its SQLite header (``application_id``, ``user_ve
 version), written before WAL is switched on, so the file itself carries them from its first
 commit. Opening checks that mark from the file's bytes and never writes into a SQLite file that
 isn't rtune's; a damaged or foreign store raises :class:`StoreError` (one line: which file, what
-is wrong, what to do), in every command and at any query.
+is wrong, what to do), in every command and at any query. A store of an older schema is
+migrated when it is opened, in one transaction; a newer one is refused.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import score_table
 from .errors import InputError, RunInUse, StoreError
 from .records import Record
 from .text import repair_text
@@ -49,11 +51,12 @@ CREATE TABLE IF NOT EXISTS candidates(
 CREATE TABLE IF NOT EXISTS items(
     ns TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY(ns, key));
 """
+SCHEMA += score_table.TABLE + ";\n"
 
 STORE_NAME = "rtune.sqlite"
 LOCK_NAME = "rtune.lock"
 APPLICATION_ID = 0x7274756E  # "rtun"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: scores in their typed table (1: as JSON in items)
 _TABLES = {"meta", "invalid", "calls", "failures", "candidates", "items"}
 _MAGIC = b"SQLite format 3\x00"
 _DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
@@ -299,6 +302,7 @@ class RunStore:
             if create:
                 self._prepare(db, kind)
             self._verify(db)
+            self._migrate(db)
         except BaseException:
             db.close()
             raise
@@ -318,9 +322,34 @@ class RunStore:
     def _prepare(db: _Connection, kind: str) -> None:
         if kind in ("new", "legacy"):  # rollback mode for a new file: the mark is in its header
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        if kind == "new":  # a legacy store keeps its version (0: schema 1) until migrated
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA)
+
+    @staticmethod
+    def _migrate(db: _Connection) -> None:
+        """Bring a store of an older schema up to this one, in one transaction (the version is
+        read again inside it: another process may have migrated the store meanwhile)."""
+        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with RunStore._transaction(db, "BEGIN IMMEDIATE"):
+            if db.execute("PRAGMA user_version").fetchone()[0] < 2:
+                db.execute(score_table.TABLE)
+                db.execute(score_table.FROM_ITEMS)
+                db.execute("DELETE FROM items WHERE ns = ?", (score_table.ITEMS_NAMESPACE,))
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    @contextmanager
+    def _transaction(db: _Connection, begin: str = "BEGIN") -> Iterator[None]:
+        db.execute(begin)
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def __enter__(self) -> RunStore:
         return self
@@ -485,3 +514,26 @@ class RunStore:
 
     def item_keys(self, ns: str) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT key FROM items WHERE ns = ?", (ns,))}
+
+    # ------------------------------------------------------------ scores
+    def put_scores(self, rows: Iterable[tuple[score_table.Key, Mapping[str, Any]]]) -> None:
+        """Store ``((source_index, kind), fields)`` score rows in one transaction."""
+        with self._transaction(self.db):
+            self.db.executemany(score_table.INSERT,
+                                (score_table.to_params(k, row) for k, row in rows))
+
+    def scores(self, kind: str | None = None) -> dict[score_table.Key, dict[str, Any]]:
+        """Score rows by ``(source_index, kind)``: every kind, or one."""
+        where, args = ("", ()) if kind is None else (" WHERE kind = ?", (kind,))
+        cur = self.db.execute(score_table.SELECT + where + " ORDER BY idx, kind", args)
+        return dict(score_table.from_rows(cur))
+
+    def score_provenance(self) -> list[dict[str, Any]]:
+        """The distinct provenance (settings fingerprint, student, template, max_length) of
+        the stored score rows."""
+        cols = ", ".join(score_table.PROVENANCE)
+        cur = self.db.execute(f"SELECT DISTINCT {cols} FROM scores")
+        return [dict(zip(score_table.PROVENANCE, row)) for row in cur]
+
+    def delete_scores(self) -> None:
+        self.db.execute("DELETE FROM scores")

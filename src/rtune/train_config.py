@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cli_fields import settings_field
 from .distributed import process
 from .errors import ConfigError
-from .templates import get_template
+from .io import INPUT_FORMATS
+from .templates import TEMPLATES, get_template
 
 ACCELERATE_CONFIGS = ("fsdp", "deepspeed_zero3")
 
@@ -43,47 +45,76 @@ class TrainConfig:
     """Supervised fine-tuning settings (paper defaults: Vicuna prompt, AdamW lr 2e-5, weight
     decay 0, warmup ratio 0.03, cosine schedule, 3 epochs, global batch 128, max length 2048)."""
 
-    model: str = field(default="local", metadata={
-        "help": "'local' (embedded SmolLM2-135M-Instruct), 'local:/path' or a model folder"})
-    output_dir: str = field(default="models/rtune-sft", metadata={
-        "help": "where the model, tokenizer, checkpoints and rtune_train.json go"})
-    template: str = field(default="vicuna", metadata={
-        "help": "prompt template: vicuna, alpaca, llama2, llama3, chatml or auto"})
-    input_format: str = "auto"
+    model: str = settings_field(
+        "local", "the model to fine-tune: 'local' (embedded SmolLM2-135M-Instruct), "
+        "'local:/path', a path to a Hugging Face model folder or .gguf file, or a Hub id in the "
+        "local Hugging Face cache", flag="--base-model", aliases=("--model",), metavar="SPEC")
+    output_dir: str = settings_field(
+        "models/rtune-sft", "output folder (model, tokenizer with its chat template, "
+        "checkpoints, rtune_train.json)", flag=("-o", "--output"), metavar="OUTPUT")
+    template: str = settings_field(
+        "vicuna", "prompt template (vicuna = FastChat v1.1, the paper's; llama3 = Llama 3.1 "
+        "chat; auto = the tokenizer's own chat template)", choices=tuple(TEMPLATES))
+    input_format: str = settings_field(
+        "auto", "format of the training data (auto: from the file)", choices=INPUT_FORMATS)
 
     # the paper's recipe
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    lr_scheduler_type: str = "cosine"
-    epochs: float = 3.0
-    global_batch_size: int = 128
-    per_device_batch_size: int = 4
-    max_length: int = 2048
-    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = settings_field(2e-5, "peak AdamW learning rate")
+    weight_decay: float = settings_field(0.0, "AdamW weight decay")
+    warmup_ratio: float = settings_field(0.03, "fraction of the steps with linear warmup")
+    lr_scheduler_type: str = settings_field(
+        "cosine", "learning-rate schedule (transformers name: cosine, linear, constant...)",
+        flag="--lr-scheduler")
+    epochs: float = settings_field(3.0, "training epochs")
+    global_batch_size: int = settings_field(
+        128, "sequences per optimizer step = per-device batch x gradient accumulation x "
+        "processes (accumulation is computed)")
+    per_device_batch_size: int = settings_field(
+        4, "sequences per forward pass on each device")
+    max_length: int = settings_field(
+        2048, "tokens per record; longer records are cut (counted), records with no answer "
+        "token left are dropped (counted)")
+    max_steps: int = settings_field(
+        -1, "stop after this many optimizer steps (> 0 overrides --epochs)")
     max_grad_norm: float = 1.0
 
     # options
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
+    lora: bool = settings_field(
+        False, "train LoRA adapters (peft) instead of all weights; the saved folder holds "
+        "merged weights and adapter/")
+    lora_r: int = settings_field(16, "LoRA rank")
+    lora_alpha: int = settings_field(32, "LoRA alpha")
     lora_dropout: float = 0.05
     lora_target_modules: str | list[str] = "all-linear"
     merge_lora: bool = True  # save merged full weights (single process), adapter kept in adapter/
-    qlora: bool = False  # LoRA on a 4-bit NF4 base (bitsandbytes, CUDA); saves the adapter only
-    packing: bool = False  # padding-free: each batch is one row of concatenated records
-    gradient_checkpointing: bool = False
-    bf16: bool | None = None  # None: bf16 mixed precision on a CUDA GPU that supports it
-    seed: int = 42
-    resume: bool | str = False  # True: last checkpoint in output_dir; str: that checkpoint
-    save_steps: int | None = None  # None: no intermediate checkpoints (--resume needs them)
+    qlora: bool = settings_field(
+        False, "QLoRA: LoRA adapters on the model loaded in 4-bit NF4 (needs a CUDA GPU and "
+        "bitsandbytes); the saved folder holds the adapter in adapter/")
+    packing: bool = settings_field(
+        False, "padding-free batches: the records of a batch are concatenated into one row, "
+        "attention never crosses records (no padding compute)",
+        flag=("--packing", "--padding-free"))
+    gradient_checkpointing: bool = settings_field(
+        False, "recompute activations in the backward pass (less memory, slower)")
+    bf16: bool | None = settings_field(
+        None, "bf16 mixed precision (default: on for a CUDA GPU that supports it)")
+    seed: int = settings_field(42, "random seed (data order, init)")
+    resume: bool | str = settings_field(
+        False, "resume from the last checkpoint in the output folder (or the one given; "
+        "checkpoints exist only with --save-steps)", nargs="?", const=True,
+        metavar="CHECKPOINT")
+    save_steps: int | None = settings_field(
+        None, "save a full checkpoint (weights + optimizer state) every N optimizer steps "
+        "(default: none; the final model is always saved)")
     save_total_limit: int | None = 2
-    logging_steps: int = 10
+    logging_steps: int = settings_field(10, "log the loss every N steps")
     world_size: int | None = None  # None: $WORLD_SIZE (set by accelerate / torchrun), else 1
     progress_bar: bool = True
     # the Reflection 70B tags (<thinking> ... </output>) as single tokens: new embedding rows
     # (mean-initialised, resized), off by default (see rtune.reflection)
-    reflection_tokens: bool = False
+    reflection_tokens: bool = settings_field(
+        False, "add the <thinking>/<reflection>/<output> tags as single tokens (embeddings "
+        "resized, new rows mean-initialised); off by default")
 
     def validate(self) -> None:
         """Raise ConfigError for any setting that cannot work; runs before any compute."""

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_fields import add_fields, values
+from ..endpoint_config import ENDPOINT_FIELDS, add_endpoint_arguments, endpoint_values
 from ..errors import ConfigError
-from ._common import add_guided_argument, add_oracle_arguments, print_json
+from ..judge import JudgeConfig
+from ._common import add_guided_argument, print_json
 
 HELP = "pairwise judge two models' answers in both orders (W/T/L, win-rate score)"
 
@@ -32,26 +35,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder for results.json, questions.jsonl and wtl.png")
     p.add_argument("--run-dir", default="runs/judge",
                    help="run directory keeping every judgment (resumable, never paid twice)")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="judge only the questions both sides answered (default: refuse, "
-                   "listing the missing ones)")
-    p.add_argument("--allow-empty", action="store_true",
-                   help="judge empty answers as they are (default: refuse them)")
-    p.add_argument("--prompts", default=None, metavar="DIR",
-                   help="folder with a judge.yaml overriding the packaged judge prompt")
-    p.add_argument("--max-tokens", type=int, default=1024, help="judge reply budget")
-    p.add_argument("--resamples", type=int, default=2000,
-                   help="bootstrap resamples for the win-rate score's 95%% interval")
+    add_fields(p, JudgeConfig, exclude=ENDPOINT_FIELDS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the full results as JSON")
     add_guided_argument(p)
-    add_oracle_arguments(p, flag="--judge", default="local")
+    add_endpoint_arguments(p, flag="--judge")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..generate import EndpointOptions
     from ..judge import import_reviews, judge
-    from ..oracle.pricing import Prices
 
     if not args.answers:
         raise ConfigError("give side A's answer files (or review files with --import-reviews)")
@@ -60,18 +52,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.vs:
             raise ConfigError("give side B's answers with --vs FILE...")
-        options = EndpointOptions(
-            api_key_env=args.api_key_env, concurrency=args.concurrency, rpm=args.rpm,
-            tpm=args.tpm, max_retries=args.max_retries, timeout=args.timeout,
-            context_length=args.context_length, batch_size=args.batch_size,
-            prices=Prices.load(args.prices, model=args.model or args.judge,
-                               price_in=args.price_in, price_out=args.price_out))
-        results = judge(args.answers, args.vs, judge_spec=args.judge, model=args.model,
-                        run_dir=args.run_dir, out_dir=args.output,
-                        allow_partial=args.allow_partial, allow_empty=args.allow_empty,
-                        prompts_dir=args.prompts, max_tokens=args.max_tokens, options=options,
-                        progress=not args.no_progress, resamples=args.resamples,
-                        guided=args.guided)
+        config = JudgeConfig(**values(JudgeConfig, args, exclude=ENDPOINT_FIELDS),
+                             **endpoint_values(args))
+        results = judge(args.answers, args.vs, config, run_dir=args.run_dir,
+                        out_dir=args.output, progress=not args.no_progress)
     if args.json:
         print_json(results)
     else:

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_fields import add_fields, values
+from ..endpoint_config import ENDPOINT_FIELDS, add_endpoint_arguments, endpoint_values
 from ..io import OUTPUT_FORMATS, input_output_format
 from ..recycle_config import DEFAULT_STAGES, MODES, STAGES, RecycleConfig
-from ._common import add_guided_argument, add_oracle_arguments, print_json
+from ._common import add_guided_argument, print_json
 
 HELP = "reflect on every record with an oracle LLM and write the candidates"
 
@@ -44,20 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output format: jsonl keeps full provenance; 'input' = the input's")
     p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
                    help=f"comma-separated, from: {', '.join(STAGES)}")
-    p.add_argument("--prompts", default=None, metavar="DIR",
-                   help="folder of prompt YAML files overriding the packaged ones by name")
     p.add_argument("--example", choices=("auto", "on", "off"), default="auto",
                    help="put a worked example in the conversation (auto: local oracles only)")
-    p.add_argument("--reask", type=int, default=1,
-                   help="times to re-ask when a reply misses a marker before falling back")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="oracle sampling temperature (0 = greedy, the default)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (temperature > 0)")
-    p.add_argument("--max-tokens", type=int, default=2048,
-                   help="reply budget per call (bounded by the context left)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="skip bad records (listed in `rtune status`) instead of stopping")
+    add_fields(p, RecycleConfig, exclude=ENDPOINT_FIELDS)
     p.add_argument("--force-new", action="store_true",
                    help="start the run folder afresh: delete its store (candidates and paid "
                    "calls) first. Without it a folder holding another input's run, or one made "
@@ -66,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="print calls, estimated tokens and cost; call nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
     add_guided_argument(p)
-    add_oracle_arguments(p, replicas=True)
+    add_endpoint_arguments(p, replicas=True)
     add_batch_arguments(p)
 
 
@@ -108,18 +99,12 @@ def mode_from_args(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 def config_from_args(args: argparse.Namespace) -> RecycleConfig:
-    oracles = args.oracle or ["local"]
     return RecycleConfig(
-        stages=tuple(args.stages.split(",")), oracle=oracles[0],
-        replicas=tuple(oracles[1:]), mode=mode_from_args(args)[0], model=args.model,
-        api_key_env=args.api_key_env, prompts_dir=args.prompts,
-        with_example={"auto": None, "on": True, "off": False}[args.example], reask=args.reask,
-        temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
-        context_length=args.context_length, concurrency=args.concurrency, rpm=args.rpm,
-        tpm=args.tpm, timeout=args.timeout, max_retries=args.max_retries,
-        batch_size=args.batch_size, prices_file=args.prices, price_in=args.price_in,
-        price_out=args.price_out, skip_invalid=args.skip_invalid, limit=args.limit,
-        progress=not args.no_progress, guided=args.guided)
+        **values(RecycleConfig, args, exclude=(*ENDPOINT_FIELDS, "stages", "mode")),
+        **endpoint_values(args), stages=tuple(args.stages.split(",")),
+        mode=mode_from_args(args)[0],
+        with_example={"auto": None, "on": True, "off": False}[args.example],
+        progress=not args.no_progress)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,12 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ..cli_fields import add_fields, values
+from ..endpoint_config import EndpointConfig, add_endpoint_arguments, endpoint_values
 from ..errors import InputError
 from ..io import json_items
-from ._common import add_guided_argument, add_oracle_arguments
+from ..reflect import ReflectConfig
+from ._common import add_guided_argument
 
 HELP = "answer questions with <thinking>/<reflection>/<output> (format or self-reflection loop)"
 
@@ -31,11 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="a question, or a .json/.jsonl/.txt file of questions")
     p.add_argument("-o", "--output", default=None,
                    help="write one JSON line per question here (file input; default: stdout)")
-    p.add_argument("--mode", choices=("format", "loop"), default="format",
-                   help="format: one call with the reflection system prompt; loop: draft, "
-                   "then critique + revise for --rounds rounds")
-    p.add_argument("--rounds", type=int, default=2,
-                   help="loop mode: critique/revise rounds (stops early on 'Verdict: correct')")
+    add_fields(p, ReflectConfig, only=("mode", "rounds"))
     p.add_argument("--no-early-stop", action="store_true",
                    help="loop mode: run every round even when the critique finds nothing")
     p.add_argument("--show-thinking", action="store_true",
@@ -43,15 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", default=None,
                    help="run directory keeping every call and answer (resumable); default "
                    "runs/reflect-<file name> for files, none for a single question")
-    p.add_argument("--prompts", default=None, metavar="DIR",
-                   help="folder of prompt YAML files overriding the packaged ones by name")
+    add_fields(p, ReflectConfig, only=("prompts_dir",))
     p.add_argument("--example", choices=("auto", "on", "off"), default="auto",
                    help="format mode: put a worked example in the conversation (auto: local "
                    "models only)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
-    p.add_argument("--max-tokens", type=int, default=2048, help="reply budget per call")
+    add_fields(p, ReflectConfig, only=("temperature", "max_tokens"))
     add_guided_argument(p)
-    add_oracle_arguments(p)
+    add_endpoint_arguments(p)
 
 
 def read_questions(path: Path) -> list[Any]:
@@ -95,9 +93,13 @@ def _show(result: dict[str, Any], show_thinking: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..oracle.pricing import Prices
-    from ..reflect import default_model_name, reflect
+    from ..reflect import reflect
 
+    config = ReflectConfig(
+        **values(ReflectConfig, args, exclude=[f.name for f in fields(EndpointConfig)]),
+        **endpoint_values(args),
+        with_example={"auto": None, "on": True, "off": False}[args.example],
+        stop_when_correct=not args.no_early_stop)
     source = Path(args.input)
     is_file = source.is_file() or (source.suffix.lower() in (".json", ".jsonl", ".txt")
                                    and not any(c.isspace() for c in args.input))
@@ -105,16 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(str(source), "file not found")
     questions = read_questions(source) if is_file else [args.input]
     run_dir = args.run_dir or (Path("runs") / f"reflect-{source.stem}" if is_file else None)
-    results = reflect(
-        questions, oracle=args.oracle, model=args.model, mode=args.mode, rounds=args.rounds,
-        run_dir=run_dir, temperature=args.temperature, max_tokens=args.max_tokens,
-        with_example={"auto": None, "on": True, "off": False}[args.example],
-        prompts_dir=args.prompts, concurrency=args.concurrency, api_key_env=args.api_key_env,
-        timeout=args.timeout, rpm=args.rpm, tpm=args.tpm, max_retries=args.max_retries,
-        context_length=args.context_length, batch_size=args.batch_size,
-        prices=Prices.load(args.prices, model=default_model_name(args.oracle, args.model),
-                           price_in=args.price_in, price_out=args.price_out),
-        stop_when_correct=not args.no_early_stop, guided=args.guided)
+    results = reflect(questions, config, run_dir=run_dir)
     failed = sum(1 for r in results if r.get("error"))
     if not is_file:
         _show(results[0], args.show_thinking)

@@ -6,12 +6,14 @@ with the score fields). Multi-GPU: ``accelerate launch -m rtune score ...`` shar
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from ..distributed import is_main_process
+from ..errors import ConfigError
 from ..extras import require
-from ..score_config import ScoreConfig, template_names
+from ..score_config import AUTHORS, INPUT_JOIN, REVERSE_PROMPT, ScoreConfig, template_names
 from ..store import STORE_NAME
 from ._common import print_json
 
@@ -23,6 +25,7 @@ examples:
   rtune score runs/alpaca --student /models/Llama-2-7b-hf --batch-size 16   # a recycled run
   rtune score data.json --student local -o scored.jsonl --limit 50          # a plain dataset
   accelerate launch --num_processes 8 -m rtune score runs/alpaca --student /models/Llama-2-7b-hf
+  rtune score runs/alpaca --student /models/Llama-2-7b-hf --authors-compat  # the authors' r(y), join
 """
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +48,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-format", default="auto", help="dataset format (auto-detected)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="dataset files: only the first N records (a quick try)")
+    p.add_argument("--reverse-prompt", default=None, metavar="TEXT|FILE",
+                   help="r(y), the prompt asking the student for the instruction behind an "
+                   "answer y (r-IFD); must contain {output}; a file's text when it names one "
+                   f"(default: rtune's, {_shown(REVERSE_PROMPT)})")
+    p.add_argument("--input-join", default=None, metavar="TEXT",
+                   help="what joins instruction and input into x, the target of r-IFD (and "
+                   "the user turn of a chat template); backslash escapes \\n \\t \\\\ "
+                   f"are read (default: {_shown(INPUT_JOIN)})")
+    p.add_argument("--authors-compat", action="store_true",
+                   help="the authors' data_analysis.py settings: their r(y) and an empty "
+                   "input join (--reverse-prompt / --input-join given too take precedence)")
     p.add_argument("--force", action="store_true",
                    help="rescore candidates that already have scores (e.g. a new student)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -57,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = ScoreConfig(student=args.student, template=args.template,
                          max_length=args.max_length, batch_size=args.batch_size,
-                         device=args.device, dtype=args.dtype, force=args.force)
+                         device=args.device, dtype=args.dtype, force=args.force,
+                         **prompt_settings(args))
     config.validate()
     target = Path(args.target)
     with _Bar(enabled=not args.no_progress and is_main_process()) as bar:
@@ -77,6 +92,36 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_summary(summary)
     return 0
+
+
+def prompt_settings(args: argparse.Namespace) -> dict[str, str]:
+    """``reverse_prompt`` and ``input_join`` as the options set them (absent: the default)."""
+    out = dict(AUTHORS) if args.authors_compat else {}
+    if args.reverse_prompt is not None:
+        path = Path(args.reverse_prompt)
+        try:
+            is_file = "{output}" not in args.reverse_prompt and path.is_file()
+        except OSError:  # a text too long to be a file name
+            is_file = False
+        if is_file:
+            try:
+                out["reverse_prompt"] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"--reverse-prompt {path}: cannot read it: {e}") from None
+        else:
+            out["reverse_prompt"] = args.reverse_prompt
+    if args.input_join is not None:
+        out["input_join"] = _unescape(args.input_join)
+    return out
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m[1]], text)
+
+
+def _shown(text: str) -> str:
+    """A default as typed on a command line (newlines as \\n); % doubled for argparse."""
+    return repr(text).replace("%", "%%")
 
 
 def _print_summary(s: dict) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import ConfigError
 from ..extras import require
+from ..model_spec import ModelSpec
 from .base import Backend, ChatRequest, ChatResult, PermanentError, TransientError
 from .engine import Engine, EngineConfig
 
@@ -14,17 +13,18 @@ __all__ = ["Backend", "ChatRequest", "ChatResult", "Engine", "EngineConfig", "Pe
 
 
 def is_local(spec: str) -> bool:
-    return not spec.startswith(("http://", "https://"))
+    return not ModelSpec.parse(spec).is_endpoint
 
 
 def require_backend(spec: str) -> None:
     """Raise ConfigError (a :class:`~rtune.extras.MissingExtra` for a missing extra) when
     ``spec`` cannot run here; cheap, so callers check before they create anything."""
-    if spec.startswith(("http://", "https://")):
+    parsed = ModelSpec.parse(spec)
+    if parsed.is_endpoint:
         return
-    if spec == "llamacpp" or spec.startswith("llamacpp:"):
+    if parsed.kind == "llamacpp":
         require("llamacpp", f"the model {spec!r}")
-    elif spec == "local" or spec.startswith("local:") or Path(spec).exists():
+    elif parsed.path is None or parsed.text.strip().startswith("local:") or parsed.path.exists():
         require("local", f"the local model {spec!r}")
     else:
         raise ConfigError(f"--oracle {spec!r}: expected 'local', 'local:/path', 'llamacpp' or "
@@ -39,6 +39,7 @@ def make_backend(spec: str = "local", *, model: str | None = None,
     or an OpenAI-compatible base URL (``https://host/v1``); with ``replicas`` (more base URLs
     serving the same model) one :class:`~rtune.oracle.replicas.ReplicaBackend` over them all."""
     require_backend(spec)
+    parsed = ModelSpec.parse(spec, model)
     if replicas:
         from .http import HttpBackend
         from .replicas import ReplicaBackend
@@ -46,16 +47,15 @@ def make_backend(spec: str = "local", *, model: str | None = None,
         urls = [spec, *replicas]
         return ReplicaBackend([HttpBackend(u, api_key_env=api_key_env, timeout=timeout,
                                            context_length=context_length) for u in urls], urls)
-    if spec.startswith(("http://", "https://")):
+    if parsed.is_endpoint:
         from .http import HttpBackend
 
         return HttpBackend(spec, api_key_env=api_key_env, timeout=timeout,
                            context_length=context_length)
-    if spec == "llamacpp" or spec.startswith("llamacpp:"):
+    if parsed.kind == "llamacpp":
         from .llamacpp import LlamaCppBackend
 
-        return LlamaCppBackend(spec.partition(":")[2] or "local")
+        return LlamaCppBackend(str(parsed.path) if parsed.path else "local")
     from .local import LocalBackend
 
-    path = spec.partition(":")[2] if spec.startswith("local:") else spec
-    return LocalBackend(path or "local", batch_size=batch_size)
+    return LocalBackend(str(parsed.path) if parsed.path else "local", batch_size=batch_size)

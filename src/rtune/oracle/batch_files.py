@@ -29,6 +29,7 @@ MAX_BYTES = 200 * 1000 * 1000  # 200 MB (the decimal reading: the smaller of the
 # error codes of the OpenAI batch error file that a later submission may not hit again
 _TRANSIENT_CODES = {"batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded",
                     "timeout", "internal_error"}
+_scan = json.JSONDecoder().scan_once
 
 
 def request_line(key: str, body_json: str) -> bytes:
@@ -59,7 +60,7 @@ class Result:
 def parse_result(raw: bytes | str) -> Result:
     """Read one result line; raises :class:`BadLine` with what is wrong."""
     try:  # bytes decoded here: json's own detection of their encoding costs more
-        obj = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        obj = _loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except UnicodeDecodeError:
         raise BadLine("not UTF-8 text") from None
     except ValueError:
@@ -78,6 +79,19 @@ def parse_result(raw: bytes | str) -> Result:
     if error is None and status in (200, None) and isinstance(body, dict):
         return _reply(key, body)
     return _error(key, error, body, status)
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` of one line, through its C scanner directly when the line is one bare
+    value (its wrappers cost ~10% of a result line's parse); ``json.loads`` otherwise, which
+    also names what is wrong."""
+    try:
+        value, end = _scan(text, 0)
+    except (StopIteration, ValueError):
+        return json.loads(text)
+    if end != len(text) and not text[end:].isspace():
+        return json.loads(text)
+    return value
 
 
 def _reply(key: str, body: dict[str, Any]) -> Result:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..errors import ConfigError
+from ..endpoint_config import check_settings
 from ..guided import NAMESPACE as GUIDED
 from ..store import RunStore
 from ..text import repair_text
@@ -41,29 +41,6 @@ R = TypeVar("R")
 # too, so the run stops with that message instead of backing off for a minute per call.
 REFUSED_RETRIES = 3
 REFUSED_BACKOFF = 0.25
-
-
-def check_settings(*, concurrency: int = 1, rpm: float | None = None, tpm: float | None = None,
-                   timeout: float = 1.0, max_retries: int = 0, batch_size: int = 1,
-                   max_tokens: int = 1, context_length: int | None = None) -> None:
-    """Refuse, naming the option, a setting of the model endpoint options that cannot work.
-
-    Every model-calling command calls this before it creates a file or loads a model."""
-    at_least_one = {"concurrency": concurrency, "batch_size": batch_size,
-                    "max_tokens": max_tokens, "context_length": context_length}
-    positive = {"rpm": rpm, "tpm": tpm, "timeout": timeout}
-    for name, value in at_least_one.items():
-        if value is not None and value < 1:
-            raise ConfigError(f"{_flag(name)} must be at least 1 (got {value})")
-    for name, value in positive.items():
-        if value is not None and not value > 0:  # also refuses NaN
-            raise ConfigError(f"{_flag(name)} must be greater than 0 (got {value:g})")
-    if max_retries < 0:
-        raise ConfigError(f"--max-retries must be 0 or more (got {max_retries})")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 @dataclass
