@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .model_spec import is_url
 
 MODES = ("auto", "regex", "json", "grammar", "off")
 NAMESPACE = "guided"  # run-store items: each guided call's provenance, by the call's key
@@ -45,7 +46,7 @@ def guided_default(mode: str | None, spec: str) -> str:
     and servers differ in what they take: opt in)."""
     if mode is not None:
         return mode
-    return "off" if spec.startswith(("http://", "https://")) else "auto"
+    return "off" if is_url(spec) else "auto"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .cli_fields import settings_field
 from .errors import ConfigError
 
 # every field of a score row: the four passes' perplexities and mean losses, and the ratios
@@ -69,15 +70,20 @@ class ScoreConfig:
     """How the student model scores candidates. Defaults: the authors' settings, except r(y)
     and the input join, which are rtune's own (:data:`AUTHORS` holds the authors')."""
 
-    student: str = field(default="local", metadata={
-        "help": "'local' (embedded SmolLM2-135M-Instruct), 'local:/path' or a model folder"})
-    template: str = field(default="vicuna", metadata={
-        "help": "student prompt: vicuna (authors' default), alpaca, wizardlm, chat (the "
-        "tokenizer's own chat template) or a training template (llama2, llama3, chatml)"})
-    max_length: int = 2048
-    batch_size: int = 8  # sequences per forward pass (each candidate needs four)
-    device: str = "auto"  # auto: CUDA when available (or accelerate's device), else CPU
-    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
+    student: str = settings_field(
+        "local", "'local' (embedded SmolLM2-135M-Instruct), 'local:/path' or a path to a "
+        "Hugging Face model folder or .gguf file")
+    template: str = settings_field(
+        "vicuna", "student prompt: vicuna (the authors' choice), alpaca, wizardlm, chat (the "
+        "tokenizer's own chat template) or a training template (llama2, llama3, chatml)")
+    batch_size: int = settings_field(8, "sequences per forward pass (each candidate needs four)")
+    max_length: int = settings_field(
+        2048, "tokens per sequence; longer texts are cut as the authors did (recorded as "
+        "truncated)")
+    device: str = settings_field("auto", "auto (CUDA when available, or accelerate's device), "
+                                 "cpu, cuda, cuda:1, mps ...")
+    dtype: str | None = settings_field(None, "default: bfloat16 on CUDA, float32 on CPU",
+                                       choices=("float32", "bfloat16", "float16"))
     reverse_prompt: str = field(default=REVERSE_PROMPT, metadata={
         "help": "r(y) for r-IFD, with the placeholder {output}"})
     input_join: str = field(default=INPUT_JOIN, metadata={
@@ -86,7 +92,8 @@ class ScoreConfig:
     # run the prompt's shared head once per batch (same numbers); None: on CUDA only (on CPU
     # copying the cached head into every layer's KV costs more than the ~40 tokens it saves)
     prefix_cache: bool | None = None
-    force: bool = False  # rescore keys already stored (e.g. with another student)
+    force: bool = settings_field(
+        False, "rescore candidates that already have scores (e.g. a new student)")
 
     def __post_init__(self) -> None:
         self.template = SCORE_ALIASES.get(self.template.lower(), self.template.lower())

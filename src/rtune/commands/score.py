@@ -10,6 +10,7 @@ import re
 import sys
 from pathlib import Path
 
+from ..cli_fields import add_fields, values
 from ..distributed import is_main_process
 from ..errors import ConfigError
 from ..extras import require
@@ -17,6 +18,7 @@ from ..score_config import AUTHORS, INPUT_JOIN, REVERSE_PROMPT, ScoreConfig, tem
 from ..store import STORE_NAME
 from ._common import print_json
 
+PROMPT_SETTINGS = ("reverse_prompt", "input_join")  # their own options: a file or text, escapes
 HELP = "score candidates with a student model (IFD, r-IFD)"
 
 
@@ -28,23 +30,14 @@ examples:
   rtune score runs/alpaca --student /models/Llama-2-7b-hf --authors-compat  # the authors' r(y), join
 """
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="a run directory, or a dataset file to score")
     p.add_argument("-o", "--output", default=None,
                    help="dataset: JSONL to write (default <name>.scored.jsonl beside it); "
                    "run: also write every candidate with its scores here")
-    p.add_argument("--student", default="local",
-                   help="'local' (embedded SmolLM2-135M-Instruct), 'local:/path' or a path to "
-                   "a Hugging Face model folder or .gguf file")
-    p.add_argument("--template", default="vicuna", choices=template_names(),
-                   help="student prompt; chat = the tokenizer's own chat template")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--max-length", type=int, default=2048,
-                   help="tokens per sequence; longer texts are cut as the authors did "
-                   "(recorded as truncated)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                   help="default: bfloat16 on CUDA, float32 on CPU")
+    add_fields(p, ScoreConfig, exclude=("force", *PROMPT_SETTINGS),
+               template={"choices": template_names()})
     p.add_argument("--input-format", default="auto", help="dataset format (auto-detected)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="dataset files: only the first N records (a quick try)")
@@ -59,8 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--authors-compat", action="store_true",
                    help="the authors' data_analysis.py settings: their r(y) and an empty "
                    "input join (--reverse-prompt / --input-join given too take precedence)")
-    p.add_argument("--force", action="store_true",
-                   help="rescore candidates that already have scores (e.g. a new student)")
+    add_fields(p, ScoreConfig, only=("force",))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -69,9 +61,7 @@ def run(args: argparse.Namespace) -> int:
     require("local", "rtune score")
     from ..score import score_file, score_run, write_run_scores
 
-    config = ScoreConfig(student=args.student, template=args.template,
-                         max_length=args.max_length, batch_size=args.batch_size,
-                         device=args.device, dtype=args.dtype, force=args.force,
+    config = ScoreConfig(**values(ScoreConfig, args, exclude=PROMPT_SETTINGS),
                          **prompt_settings(args))
     config.validate()
     target = Path(args.target)
