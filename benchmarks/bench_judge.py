@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from oracle_server import OracleServer  # noqa: E402
-from rtune.generate import EndpointOptions  # noqa: E402
+from rtune.endpoint_config import EndpointConfig  # noqa: E402
 from rtune.judge import judge  # noqa: E402
 from rtune.judge_parse import parse_scores  # noqa: E402
 from rtune.testsets import load_test_set  # noqa: E402
@@ -56,7 +56,7 @@ def timed_judge(server: OracleServer, a: Path, b: Path, run_dir: Path, concurren
     before = len(server.requests)
     t = time.perf_counter()
     res = judge([a], [b], judge_spec=server.url, model="bench-judge", run_dir=run_dir,
-                options=EndpointOptions(concurrency=concurrency), resamples=200)
+                options=EndpointConfig(concurrency=concurrency), resamples=200)
     return time.perf_counter() - t, len(server.requests) - before, res["overall"]
 
 

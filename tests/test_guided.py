@@ -12,8 +12,8 @@ import pytest
 
 from oracle_server import Fault, default_reply
 from rtune.cli import main
+from rtune.endpoint_config import EndpointConfig
 from rtune.errors import ConfigError
-from rtune.generate import EndpointOptions
 from rtune.guided import (
     JUDGE,
     NAMESPACE,
@@ -331,7 +331,7 @@ def test_the_judge_asks_for_the_score_line_shape(oracle_server, tmp_path):
     oracle_server.script(_json_reply)
     res = judge([tmp_path / "a.jsonl"], [tmp_path / "b.jsonl"], judge_spec=oracle_server.url,
                 model="j", run_dir=tmp_path / "run", resamples=10, guided="json",
-                options=EndpointOptions(concurrency=2))
+                options=EndpointConfig(concurrency=2))
     assert res["overall"]["n"] == 3 and res["failures"] == {}
     assert res["judge"]["guided"] == "json"
     assert res["judge"]["readable"] == {"json": {"replies": 6, "readable": 6}}

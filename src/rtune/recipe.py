@@ -103,8 +103,8 @@ class Recipe:
     recycle: Any  # RecycleConfig
     score: Any  # ScoreConfig
     select: dict[str, Any]
-    generate: dict[str, Any]  # generate() keywords and EndpointOptions fields
-    judge: dict[str, Any]  # judge() keywords, EndpointOptions fields, prices
+    generate: dict[str, Any]  # generate() keywords and EndpointConfig fields
+    judge: dict[str, Any]  # judge() keywords, EndpointConfig fields, prices
     bench: dict[str, Any] | None
     resolved: dict[str, Any]  # every setting, defaults included (for experiment.json)
     doc: Document

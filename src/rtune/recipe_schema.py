@@ -1,7 +1,7 @@
 """The settings a recipe section accepts, read from the stages themselves.
 
 A section's names, types and defaults come from the stage's config dataclass
-(``RecycleConfig``, ``ScoreConfig``, ``TrainConfig``, ``EndpointOptions``) or, for stages
+(``RecycleConfig``, ``ScoreConfig``, ``TrainConfig``, ``EndpointConfig``) or, for stages
 configured by keyword arguments (``select``, ``generate``, ``judge``, ``bench``), from the
 function's signature (``inspect``): one source for the CLI, the Python API and recipes.
 """
