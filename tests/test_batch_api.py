@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from batch_server import BatchServer
+from record_files import alpaca_jsonl
 from rtune.cli import main
 from rtune.recycle_batch import recycle_batch
 from rtune.recycle_config import RecycleConfig
@@ -24,10 +25,7 @@ def server():
 
 
 def dataset(tmp_path, n=5):
-    rows = [{"instruction": f"Task {i}", "input": "", "output": f"Answer {i}"} for i in range(n)]
-    path = tmp_path / "data.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
+    return alpaca_jsonl(tmp_path, n)
 
 
 def config(server, **kw):

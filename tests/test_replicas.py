@@ -1,13 +1,13 @@
 """Several --oracle URLs for replicas of one model: one window, least-outstanding routing, a
 failing replica backed off without stalling the others."""
 
-import json
 import socket
 import time
 
 import pytest
 
 from oracle_server import Fault, OracleServer
+from record_files import alpaca_jsonl
 from rtune.cli import main
 from rtune.recycle import recycle
 from rtune.recycle_config import RecycleConfig
@@ -21,10 +21,7 @@ def two():
 
 
 def dataset(tmp_path, n=10):
-    rows = [{"instruction": f"Task {i}", "input": "", "output": f"Answer {i}"} for i in range(n)]
-    path = tmp_path / "data.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
+    return alpaca_jsonl(tmp_path, n)
 
 
 def config(urls, **kw):
