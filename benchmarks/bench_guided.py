@@ -2,7 +2,8 @@
 unguided, for the recycling stages and for the pairwise judge.
 
 Recycling: the first ``--records`` records of the Cherry Alpaca sample, stages instruction,
-response and both, first replies only (no re-ask), greedy. Both modes share one loaded model
+response and both, first replies only (no re-ask), greedy; guided replies with the default loop
+guard (``--loop-guard 64``; "looped": replies with a repeating text it ended). Both modes share one loaded model
 and run in alternating chunks of ``--chunk`` records (so a machine whose load changes affects
 both alike); tokens/s is the oracle's output tokens over the wall time of the chunk's run.
 Judge: ``--questions`` Vicuna questions, answers from the same model (side A) against their
@@ -73,7 +74,8 @@ def recycle_part(backend: LocalBackend, data: Path, args: argparse.Namespace,
                                  "ok": sum(c.parse_status == "ok" for c in cands),
                                  "cut": sum(bool(c.extra.get("cut")) for c in cands),
                                  "ok_done": sum(c.parse_status == "ok" and not c.extra.get("cut")
-                                                for c in cands)}
+                                                for c in cands),
+                                 "looped": sum(bool(c.extra.get("looped")) for c in cands)}
         out[mode] = {"stages": stages, "tokens_out": calls["tokens_out"], "wall": wall[mode],
                      "tok_s": calls["tokens_out"] / wall[mode],
                      "tok_cpu_s": calls["tokens_out"] / cpu[mode]}
@@ -218,12 +220,13 @@ def main() -> None:
             print(f"recycling, {args.records} records, max_tokens {args.max_tokens}, "
                   f"batch {args.batch_size}, greedy, no re-ask")
             print(f"{'stage':<12} {'unguided ok':>12} {'(complete)':>10} {'guided ok':>10} "
-                  f"{'(complete)':>10}")
+                  f"{'(complete)':>10} {'guided looped':>14} {'guided cut':>11}")
             for stage in STAGES:
                 off, on = res["off"]["stages"][stage], res["auto"]["stages"][stage]
                 print(f"{stage:<12} {off['ok']:>5}/{off['n']:<6} "
                       f"{off['ok_done']:>4}/{off['n'] - off['cut']:<5} "
-                      f"{on['ok']:>4}/{on['n']:<5} {on['ok_done']:>4}/{on['n'] - on['cut']:<5}")
+                      f"{on['ok']:>4}/{on['n']:<5} {on['ok_done']:>4}/{on['n'] - on['cut']:<5} "
+                      f"{on['looped']:>14} {on['cut']:>11}")
             for mode in MODES:
                 r = res[mode]
                 print(f"{'guided' if mode == 'auto' else 'unguided':<9} {r['tokens_out']:>7} "

@@ -4,6 +4,7 @@ request fields an endpoint gets per --guided mode, a server refusing them, and b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sqlite3
@@ -211,7 +212,76 @@ def test_a_local_recycling_run_records_guided_and_cut(tiny_llama_path, tmp_path)
     assert "reply cut at max tokens" in res.fallback_reason
     assert guided == [{"mode": "auto", "used": "grammar", "via": "llguidance"}]
     split = run_status(tmp_path / "run")["stages"]["response"]["guided"]
-    assert split == {"grammar": {"done": 1, "ok": 0, "parse_success_rate": 0.0}}
+    assert split == {"grammar": {"done": 1, "ok": 0, "parse_success_rate": 0.0, "looped": 0}}
+
+
+def _loop_on(backend, value: float = 30.0):
+    """Make the random model write one token over and over (its logit raised by ``value``):
+    the small model that never ends a text. Returns the hook and the token's text."""
+    import torch
+
+    token = backend.tokenizer.encode(" tip", add_special_tokens=False)[0]
+    bias = torch.zeros(backend.model.config.vocab_size)
+    bias[token] = value
+    hook = backend.model.lm_head.register_forward_hook(lambda m, i, out: out + bias)
+    return hook, backend.tokenizer.decode([token])
+
+
+@pytest.mark.parametrize("shape_name", ["instruction", "response", "judge", "reflection",
+                                        "reflection-answer", "compress"])
+def test_the_loop_guard_ends_a_repeating_text_as_if_the_model_had(tiny_backend, shape_name):
+    """Unguarded, a model that repeats itself runs to its budget and is cut; with the loop
+    guard each repeating text is ended where the repetition is found, one copy kept, and the
+    reply is complete and parses to exactly its declared parts. The dropped tokens still count
+    as generated, and the provenance says how many texts were ended."""
+    shape = SHAPES[shape_name]
+    prompt = tiny_backend.prompt_ids([{"role": "user", "content": "Give three tips."}])
+    hook, word = _loop_on(tiny_backend)
+    try:
+        unguarded, guarded = tiny_backend.generate(
+            [prompt] * 2, max_new=[300] * 2, stops=[None] * 2,
+            guided=[GuidedSpec(shape, "auto"), GuidedSpec(shape, "auto", loop_guard=32)])
+    finally:
+        hook.remove()
+    assert unguarded.finish_reason == "length" and "looped" not in unguarded.guided
+    assert (word * 8).strip() in unguarded.text
+    assert guarded.finish_reason == "stop" and guarded.guided["looped"] >= 1
+    _check_complete(shape_name, guarded.text)
+    assert (word * 2).strip() not in guarded.text  # one copy of each repetition kept
+    shown = len(tiny_backend.tokenizer.encode(guarded.text, add_special_tokens=False))
+    assert guarded.tokens_out > shown + 16
+
+
+def test_a_recycling_run_records_the_texts_the_loop_guard_ended(tiny_llama_path, tiny_backend,
+                                                                  tmp_path):
+    src = tmp_path / "d.json"
+    src.write_text(json.dumps([{"instruction": f"Name fruit {i}.", "input": "",
+                                "output": "Apple."} for i in range(3)]))
+    config = RecycleConfig(oracle=f"local:{tiny_llama_path}", stages=("response",),
+                           max_tokens=200, reask=0, progress=False)
+    hook, _ = _loop_on(tiny_backend)
+    try:
+        recycle(src, tmp_path / "guarded", config, backend=tiny_backend)
+        recycle(src, tmp_path / "unguarded", dataclasses.replace(config, loop_guard=0),
+                backend=tiny_backend)
+    finally:
+        hook.remove()
+    with RunStore(tmp_path / "guarded") as store:
+        cands = list(store.candidates("res"))
+        requests = [json.loads(r) for (r,) in store.db.execute("SELECT request FROM calls")]
+    assert [c.parse_status for c in cands] == ["ok"] * 3
+    assert all(c.extra["looped"] >= 1 and "cut" not in c.extra for c in cands)
+    assert all(r["guided"]["loop_guard"] == 64 for r in requests)  # part of the call's key
+    split = run_status(tmp_path / "guarded")["stages"]["response"]["guided"]
+    assert split == {"grammar": {"done": 3, "ok": 3, "parse_success_rate": 1.0, "looped": 3}}
+    with RunStore(tmp_path / "unguarded") as store:
+        assert all(c.extra.get("cut") and "looped" not in c.extra
+                   for c in store.candidates("res"))
+
+
+def test_a_negative_loop_guard_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--loop-guard must be 0 or more"):
+        RecycleConfig(oracle="local", loop_guard=-1)
 
 
 # ---------------------------------------------------------------- endpoints
@@ -301,7 +371,7 @@ def test_a_server_refusing_the_guided_fields_is_found_once_and_the_run_goes_on(o
     # and rtune status says so
     status = run_status(tmp_path / "run")
     assert status["stages"]["response"]["guided"] == {
-        "off": {"done": 5, "ok": 5, "parse_success_rate": 1.0}}
+        "off": {"done": 5, "ok": 5, "parse_success_rate": 1.0, "looped": 0}}
 
 
 def test_a_server_ignoring_a_field_is_found_and_the_next_one_tried(oracle_server, tmp_path):

@@ -78,6 +78,11 @@ class EndpointConfig:
         None, "the model's context window in tokens (local models know theirs); longer records "
         "get their answer cut to fit, recorded")
     batch_size: int = settings_field(8, "local models: generation batch")
+    loop_guard: int = settings_field(
+        64, "local models, guided replies: a text whose latest N characters or more repeat "
+        "verbatim (blanks aside, one whole copy at least) the ones just before them is ended "
+        "there as if the model had ended it; one copy is kept and the reply records it (0: "
+        "never)", metavar="N")
     prices_file: str | None = settings_field(
         None, 'JSON {"model": [usd_in_per_1M, usd_out_per_1M]} overriding the built-in price '
         "list", flag="--prices", metavar="FILE")
@@ -90,6 +95,8 @@ class EndpointConfig:
         check_settings(concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm,
                        timeout=self.timeout, max_retries=self.max_retries,
                        batch_size=self.batch_size, context_length=self.context_length)
+        if self.loop_guard < 0:
+            raise ConfigError(f"--loop-guard must be 0 or more (got {self.loop_guard})")
         if is_url(self.spec) and not self.model:
             raise ConfigError(f"--model is required with an endpoint ({self.spec}): the served "
                               "model name")
@@ -148,11 +155,12 @@ ENDPOINT_FIELDS = tuple(f.name for f in fields(EndpointConfig))
 
 def add_endpoint_arguments(p: argparse.ArgumentParser, *, flag: str | None = "--oracle",
                            default: str = "local", replicas: bool = False,
-                           aliases: tuple[str, ...] = ()) -> None:
+                           aliases: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
     """The model endpoint options of a command; ``flag`` names the model's role (``--oracle``,
     ``--judge``; None: the command takes the model otherwise, e.g. as its first argument),
     ``aliases`` are older spellings of it (accepted, hidden). ``replicas``: the flag may be
-    given several times (servers of one model); the values come as a list."""
+    given several times (servers of one model); the values come as a list. ``exclude``:
+    fields the command has no use for."""
     g = p.add_argument_group("model endpoint")
     spec_kw: dict[str, Any] = {"default": default, "help": SPEC_HELP}
     if replicas:
@@ -165,7 +173,7 @@ def add_endpoint_arguments(p: argparse.ArgumentParser, *, flag: str | None = "--
     for alias in aliases:
         g.add_argument(alias, dest="spec", default=argparse.SUPPRESS, help=argparse.SUPPRESS,
                        **{k: v for k, v in spec_kw.items() if k == "action"})
-    add_fields(g, EndpointConfig, exclude=("spec",))
+    add_fields(g, EndpointConfig, exclude=("spec", *exclude))
 
 
 def endpoint_values(args: argparse.Namespace, default: str = "local") -> dict[str, Any]:

@@ -121,13 +121,27 @@ class Shape:
 
 @dataclass(frozen=True)
 class GuidedSpec:
-    """What a request asks for: a shape and the ``--guided`` mode (not ``off``)."""
+    """What a request asks for: a shape and the ``--guided`` mode (not ``off``).
+    ``loop_guard``: local decoding ends a text that repeats itself for this many characters
+    (0: never; endpoints generate on the server, where rtune cannot watch the tokens)."""
 
     shape: Shape
     mode: str = "auto"
+    loop_guard: int = 0
 
-    def describe(self) -> dict[str, str]:
-        return {"shape": self.shape.tag, "mode": self.mode}
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"shape": self.shape.tag, "mode": self.mode}
+        if self.loop_guard:
+            out["loop_guard"] = self.loop_guard
+        return out
+
+
+def guided_spec(shape: Shape, mode: str, spec: str, loop_guard: int) -> GuidedSpec | None:
+    """The request's guided spec for the ``--guided`` ``mode`` in force (None when off) with a
+    model ``spec``; the loop guard applies to local models only."""
+    if mode == "off":
+        return None
+    return GuidedSpec(shape, mode, 0 if is_url(spec) else loop_guard)
 
 
 def _walk(items: tuple[Element, ...]):
@@ -243,6 +257,17 @@ def bridges(shape: Shape) -> list[tuple[str, ...]]:
     return out
 
 
+def guided_extra(guided: dict[str, Any] | None, cut: bool) -> dict[str, Any]:
+    """A candidate's ``extra`` about its reply: the form that guided it (``off``: none),
+    whether it was cut at max tokens, and how many of its texts the loop guard ended."""
+    out: dict[str, Any] = {"guided": (guided or {}).get("used", "off")}
+    if cut:
+        out["cut"] = True
+    if (guided or {}).get("looped"):
+        out["looped"] = int(guided["looped"])  # type: ignore[index]
+    return out
+
+
 # ---------------------------------------------------------------- JSON replies
 
 
@@ -287,12 +312,15 @@ def _render(items: tuple[Element, ...], data: Any) -> str:
 
 
 def provenance(mode: str, used: str | None, via: str | None = None,
-               note: str | None = None) -> dict[str, str]:
+               note: str | None = None, looped: int = 0) -> dict[str, Any]:
     """How one call was guided: the ``--guided`` mode asked for, the form used (None:
-    unguided), the field or engine that carried it, and why it fell back."""
-    out = {"mode": mode, "used": used or "off"}
+    unguided), the field or engine that carried it, why it fell back, and how many of its
+    texts the loop guard ended."""
+    out: dict[str, Any] = {"mode": mode, "used": used or "off"}
     if via:
         out["via"] = via
     if note:
         out["note"] = note
+    if looped:
+        out["looped"] = looped
     return out

@@ -20,7 +20,7 @@ from .endpoint_config import EndpointConfig
 from .errors import ConfigError, InputError
 from .extras import missing
 from .generate import generator_name
-from .guided import JUDGE, GuidedSpec, check_guided, guided_default
+from .guided import JUDGE, GuidedSpec, check_guided, guided_default, guided_spec
 from .io import json_items, write_text_atomic
 from .judge_parse import Outcome, Scores, outcome, parse_scores, summarize
 from .oracle import PermanentError, TransientError
@@ -252,7 +252,7 @@ def judge(paths_a: Sequence[str | Path], paths_b: Sequence[str | Path],
     judge_model = model or generator_name(judge_spec, None)
     mode = guided_default(check_guided(guided), judge_spec)
     settings = JudgeSettings(judge_model, prompt, max_tokens=max_tokens,
-                             guided=None if mode == "off" else GuidedSpec(JUDGE, mode))
+                             guided=guided_spec(JUDGE, mode, judge_spec, config.loop_guard))
     tasks = [(key, order, a, b) for key, (a, b) in pairing.pairs.items() for order in ORDERS]
     with RunStore(run_dir, writer="judge") as store:
         with RunProgress(len(tasks), enabled=progress, label="judge") as bar:

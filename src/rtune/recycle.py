@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import ConfigError, InputError
 from .fingerprint import check_same_run, run_identity
-from .guided import GuidedSpec, Shape, check_prompt, stage_shape
+from .guided import GuidedSpec, Shape, check_prompt, guided_extra, guided_spec, stage_shape
 from .io import read_records, write_records
 from .linear import off_loop
 from .oracle import PermanentError, TransientError
@@ -83,7 +83,7 @@ class Recycler:
         self.reask_prompt = load_prompt("reask", config.prompts_dir)
         mode = config.guided_mode
         self.guided: dict[str, GuidedSpec | None] = {
-            stage: None if mode == "off" else GuidedSpec(shape, mode)
+            stage: guided_spec(shape, mode, config.spec, config.local_loop_guard)
             for stage, shape in stage_shapes(config).items()}
         self.context_length = config.context_length or getattr(backend, "context_length", None)
         self.failures: Counter[str] = Counter()
@@ -245,7 +245,7 @@ class Recycler:
                    fields: dict[str, Any], cut_note: str | None) -> Record:
         reasons: dict[str, str] = fields.pop("__reasons__")
         repaired: int = fields.pop("__repaired__", 0)
-        guided: dict[str, str] | None = fields.pop("__guided__", None)
+        guided: dict[str, Any] | None = fields.pop("__guided__", None)
         cut: bool = fields.pop("__cut__", False)
         spec = STAGE_SPECS[stage]
         changes: dict[str, Any] = {}
@@ -301,15 +301,6 @@ class Recycler:
         return cand
 
 
-def guided_extra(guided: dict[str, str] | None, cut: bool) -> dict[str, Any]:
-    """A candidate's ``extra`` about its reply: the form that guided it (``off``: none) and
-    whether it was cut at max tokens."""
-    out: dict[str, Any] = {"guided": (guided or {}).get("used", "off")}
-    if cut:
-        out["cut"] = True
-    return out
-
-
 def stage_shapes(config: RecycleConfig) -> dict[str, Shape]:
     """The declared reply shape of each of the run's stages, after checking that its prompt
     (``--prompts`` overrides included) still asks for it: a mismatch is refused here, before
@@ -355,6 +346,8 @@ def result_settings(config: RecycleConfig) -> dict[str, Any]:
         "model": config.model_name, "temperature": config.temperature, "top_p": config.top_p,
         "max_tokens": config.max_tokens, "reask": config.reask, "example": config.use_example,
         "context_length": config.context_length, "guided": config.guided_mode}
+    if config.guided_mode != "off" and config.local_loop_guard:
+        settings["loop_guard"] = config.local_loop_guard
     for name in sorted(names):
         prompt = load_prompt(name, config.prompts_dir)
         text = json.dumps([prompt.system, prompt.user, prompt.example], ensure_ascii=False)

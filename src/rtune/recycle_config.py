@@ -38,7 +38,8 @@ class RecycleConfig(EndpointConfig):
     top_p: float = settings_field(1.0, "nucleus sampling (temperature > 0)")
     max_tokens: int = settings_field(
         2048, "reply budget per call (bounded by the context left)")
-    # auto | regex | json | grammar | off; None: auto for local oracles, off for endpoints
+    # auto | regex | json | grammar | off; None: auto for local oracles, off for endpoints and
+    # in the batch modes
     guided: str | bool | None = None
     skip_invalid: bool = settings_field(
         False, "skip bad records (listed in `rtune status`) instead of stopping")
@@ -63,9 +64,6 @@ class RecycleConfig(EndpointConfig):
         if self.reask < 0:
             raise ConfigError(f"--reask must be 0 or more (got {self.reask})")
         self.guided = check_guided(self.guided)
-        if self.mode != "online" and self.guided not in (None, "off"):
-            raise ConfigError(f"--guided {self.guided} is not available with --mode "
-                              f"{self.mode}: batch lines carry no guided fields")
 
     def _check_mode(self) -> None:
         if self.mode not in MODES:
@@ -90,11 +88,17 @@ class RecycleConfig(EndpointConfig):
         return self.model_spec.request_name
 
     @property
+    def local_loop_guard(self) -> int:
+        """The loop guard of a guided local oracle; 0 where rtune does not decode (an endpoint,
+        a batch engine)."""
+        return 0 if self.mode != "online" or is_url(self.spec) else self.loop_guard
+
+    @property
     def guided_mode(self) -> str:
-        """The ``--guided`` mode in force (:func:`rtune.guided.guided_default`); off in the
-        batch modes, whose lines carry no guided fields."""
+        """The ``--guided`` mode in force (:func:`rtune.guided.guided_default`); in the batch
+        modes off unless asked (their lines go to an endpoint or an engine's batch runner)."""
         if self.mode != "online":
-            return "off"
+            return self.guided or "off"
         return guided_default(self.guided, self.spec)
 
     @property

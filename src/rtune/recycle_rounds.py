@@ -32,6 +32,7 @@ from .io import write_records
 from .oracle.base import Backend, ChatRequest, PermanentError
 from .oracle.batch_files import MAX_BYTES, MAX_LINES, ShardWriter, request_line
 from .oracle.deferred import DeferringEngine
+from .oracle.guided_http import batch_flavor
 from .progress import RunProgress
 from .recycle import Recycler, _open_run, iter_input, result_settings, validate_input
 from .recycle_config import RecycleConfig
@@ -104,14 +105,14 @@ class _Counting:
 
 def request_body(request: ChatRequest) -> str:
     """The Chat Completions body of a request line, as JSON text: the request's payload,
-    which is what the HTTP backend posts and what the request key hashes. A guided request
-    is refused: its wire fields differ between servers and are not written to lines yet."""
-    if getattr(request, "guided", None) is not None:
-        from .errors import ConfigError
-
-        raise ConfigError("guided output is not sent in batch lines yet: use the batch modes "
-                          "without it, or the online mode")
-    return json.dumps(request.payload(), ensure_ascii=False)
+    which is what the HTTP backend posts and what the request key hashes; a guided request
+    carries its shape in the field of :func:`~rtune.oracle.guided_http.batch_flavor`."""
+    body = request.payload()
+    spec = request.guided
+    if spec is not None:  # the field, in place of the spec's description that the key hashes
+        del body["guided"]
+        body.update(batch_flavor(spec.mode).fields(spec.shape))
+    return json.dumps(body, ensure_ascii=False)
 
 
 class RoundsRun:
@@ -134,6 +135,9 @@ class RoundsRun:
         try:
             self.store.set_meta("input_records", self.total)
             self.store.set_meta("recycle_config", config.public())
+            if config.guided_mode != "off":  # for rtune status: the field the lines carry
+                self.store.set_meta("guided", {"mode": config.guided_mode, batch_flavor(
+                    config.guided_mode).name: "sent in every batch line"})
             self.ledger = Ledger(self.store)
             self.ledger.settle_done()  # an import cut off between its two steps
         except BaseException:

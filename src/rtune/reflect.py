@@ -52,9 +52,10 @@ class Reflector:
     def __init__(self, engine: Any, model: str, *, mode: str = "format", rounds: int = 2,
                  temperature: float = 0.0, max_tokens: int = 2048,
                  with_example: bool | None = None, prompts_dir: str | Path | None = None,
-                 stop_when_correct: bool = True, guided: str | None = None):
+                 stop_when_correct: bool = True, guided: str | None = None,
+                 loop_guard: int = 0):
         from .errors import ConfigError
-        from .guided import GuidedSpec, check_guided, check_prompt, guided_default, reflection
+        from .guided import check_guided, check_prompt, guided_default, guided_spec, reflection
 
         if mode not in MODES:
             raise ConfigError(f"--mode {mode!r}: choose from {', '.join(MODES)}")
@@ -70,12 +71,12 @@ class Reflector:
                                   prompts_dir)
         self.context_length = getattr(engine.backend, "context_length", None)
         # format mode: the three tags (reflections optional, as the system prompt says)
-        guided = guided_default(check_guided(guided), str(getattr(engine.backend, "name", "")))
+        spec = str(getattr(engine.backend, "name", ""))
+        guided = guided_default(check_guided(guided), spec)
         self.guided = None
         if mode == "format":
             check_prompt(reflection(0), self.prompt, "reflection format")
-            if guided != "off":
-                self.guided = GuidedSpec(reflection(0), guided)
+            self.guided = guided_spec(reflection(0), guided, spec, loop_guard)
 
     @property
     def store(self) -> Any:
@@ -242,7 +243,8 @@ def reflect(questions: Iterable[str | dict[str, Any]], config: ReflectConfig | N
         reflector = Reflector(engine, name, mode=config.mode, rounds=config.rounds,
                               temperature=config.temperature, max_tokens=config.max_tokens,
                               with_example=config.with_example, prompts_dir=config.prompts_dir,
-                              stop_when_correct=config.stop_when_correct, guided=config.guided)
+                              stop_when_correct=config.stop_when_correct, guided=config.guided,
+                              loop_guard=config.loop_guard)
         if engine.store is not None:
             engine.store.set_meta("reflect", {"mode": config.mode, "rounds": config.rounds,
                                               "model": name})

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .guided import guided_extra
 from .linear import off_loop
 from .oracle.base import ChatRequest
 from .prompts import Prompt, load_prompt
@@ -113,7 +114,5 @@ async def reflection_candidate(
         notes.append("reply cut at max tokens")
     if notes:
         cand.fallback_reason = "; ".join(filter(None, [cand.fallback_reason, *notes]))
-    cand.extra["guided"] = (guided or {}).get("used", "off")
-    if cut:
-        cand.extra["cut"] = True
+    cand.extra.update(guided_extra(guided, cut))
     return cand

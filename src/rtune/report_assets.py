@@ -99,7 +99,7 @@ details pre { white-space: pre-wrap; font-size: 12px; background: var(--bg); pad
 <th>fallback rate</th><th>failure rate</th><th class="l">parse ok, guided / unguided</th><th class="l">reasons (count, rate)</th></tr>
 {% for kind, p in run.parse.items() %}<tr><td class="l">{{ kind }}</td><td>{{ p.candidates }}</td>
 <td>{{ "%.1f%%"|format(100 * p.fallback_rate) }}</td><td>{{ "%.1f%%"|format(100 * p.failure_rate) }}</td>
-<td class="l">{% for form, g in (p.guided or {}).items() %}{{ "unguided" if form == "off" else "guided " ~ form }} {{ g.ok }}/{{ g.candidates }}{% if not loop.last %}; {% endif %}{% endfor %}</td>
+<td class="l">{% for form, g in (p.guided or {}).items() %}{{ "unguided" if form == "off" else "guided " ~ form }} {{ g.ok }}/{{ g.candidates }}{% if g.looped %} ({{ g.looped }} looped){% endif %}{% if not loop.last %}; {% endif %}{% endfor %}</td>
 <td class="l">{% for r, c in p.reasons.items() %}{{ r }}: {{ c.count }} ({{ "%.1f%%"|format(100 * c.rate) }}){% if not loop.last %}; {% endif %}{% endfor %}</td></tr>
 {% endfor %}</table>{% endif %}
 {% if run.call_failures %}<p>Failed oracle calls: {% for r, c in run.call_failures.items() %}{{ r }}: {{ c }}{% if not loop.last %}; {% endif %}{% endfor %}</p>{% endif %}

@@ -294,12 +294,15 @@ def kept_kinds(decision: dict[str, Any] | None) -> list[str]:
 
 
 def guided_parse(recs: Any) -> dict[str, dict[str, Any]]:
-    """Parse success per guided form of the reply (``off``: unguided)."""
+    """Parse success per guided form of the reply (``off``: unguided), and the replies that
+    had a repeating text ended by the loop guard."""
     out: dict[str, dict[str, Any]] = {}
     for r in recs:
-        row = out.setdefault(str(r.extra.get("guided", "off")), {"candidates": 0, "ok": 0})
+        row = out.setdefault(str(r.extra.get("guided", "off")),
+                             {"candidates": 0, "ok": 0, "looped": 0})
         row["candidates"] += 1
         row["ok"] += (r.parse_status or "ok") == "ok"
+        row["looped"] += bool(r.extra.get("looped"))
     for row in out.values():
         row["parse_success_rate"] = row["ok"] / row["candidates"]
     return dict(sorted(out.items()))

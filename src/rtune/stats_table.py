@@ -53,6 +53,7 @@ def stats_renderable(d: dict[str, Any]) -> RichGroup:
                                     for k, c in v["reasons"].items())
                 split = "; ".join(f"{'unguided' if f == 'off' else 'guided ' + f} "
                                   f"{g['ok']}/{g['candidates']}"
+                                  + (f" ({g['looped']} looped)" if g.get("looped") else "")
                                   for f, g in (v.get("guided") or {}).items())
                 p.add_row(kind, str(v["candidates"]), f"{100 * v['fallback_rate']:.1f}%",
                           f"{100 * v['failure_rate']:.1f}%", split, reasons)

@@ -403,6 +403,14 @@ class RunStore:
              finish_reason and _clean(finish_reason),
              tokens_in, tokens_out, cost, latency, time.time()))
 
+    def revise_call(self, key: str, response: str, ns: str, data: Any) -> None:
+        """A stored call's reply replaced by ``response`` and its ``ns`` item set, at once
+        (a batch line's guided reply, checked and mapped when first read)."""
+        with self._transaction(self.db):
+            self.db.execute("UPDATE calls SET response = ? WHERE key = ?",
+                            (_clean(response), key))
+            self.put_item(ns, key, data)
+
     def add_failure(self, key: str | None, stage: str | None, reason: str,
                     detail: str | None = None) -> None:
         self.db.execute(
@@ -478,6 +486,16 @@ class RunStore:
                 "SELECT kind, COALESCE(json_extract(data, '$.extra.guided'), 'off'), status, "
                 "COUNT(*) FROM candidates WHERE kind != 'orig' GROUP BY 1, 2, 3"):
             out.setdefault(kind, {}).setdefault(form, {})[status] = n
+        return out
+
+    def looped_counts(self) -> dict[str, dict[str, int]]:
+        """Candidates per kind and guided form whose reply had a text ended by the loop guard
+        (``extra.looped``)."""
+        out: dict[str, dict[str, int]] = {}
+        for kind, form, n in self.db.execute(
+                "SELECT kind, COALESCE(json_extract(data, '$.extra.guided'), 'off'), COUNT(*) "
+                "FROM candidates WHERE json_extract(data, '$.extra.looped') > 0 GROUP BY 1, 2"):
+            out.setdefault(kind, {})[form] = n
         return out
 
     def fallback_reasons(self) -> dict[str, int]:

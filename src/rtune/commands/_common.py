@@ -14,8 +14,10 @@ def add_guided_argument(p: argparse.ArgumentParser) -> None:
                    "Local models: constrained decoding (llguidance). Endpoints: the shape as a "
                    "regex (vLLM/SGLang), a GBNF grammar (llama.cpp server) or a JSON schema "
                    "(OpenAI structured outputs); auto tries them in turn and goes on unguided "
-                   "where the server refuses them (found once, recorded). Default: auto for "
-                   "local models, off for endpoints")
+                   "where the server refuses them (found once, recorded). Recycling's batch "
+                   "modes (no server to probe): auto is the JSON schema, regex and grammar "
+                   "vLLM's fields. Default: auto for local models, off for endpoints and the "
+                   "batch modes")
 
 
 def print_json(data: Any) -> None:

@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "instruction, output, generator)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    add_endpoint_arguments(p, flag=None, aliases=("--oracle",))
+    add_endpoint_arguments(p, flag=None, aliases=("--oracle",),
+                           exclude=("loop_guard",))  # answers are never guided
 
 
 def run(args: argparse.Namespace) -> int:

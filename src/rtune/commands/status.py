@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if set(guided) - {"off"}:  # parse success split by guided / unguided replies
             print("  " + " " * 12 + "  " + ", ".join(
                 f"{'unguided' if form == 'off' else 'guided ' + form}: {g['ok']}/{g['done']} ok"
+                + (f" ({g['looped']} with a repeating text ended)" if g.get("looped") else "")
                 for form, g in guided.items()))
     c = s["calls"]
     print(f"oracle calls {c['calls']}, tokens in {c['tokens_in']:,}, out {c['tokens_out']:,}, "

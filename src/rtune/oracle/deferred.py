@@ -7,14 +7,21 @@ the stage waits and the recycler moves on. Running the recycler again after the 
 the store takes every record one stage further (instruction before both, a reply before the
 re-ask that repairs it): the rounds. ``route`` may also send a call online now (a request the
 batch could not answer) or raise the error that stands for it.
+
+A guided request's reply that came in a batch line has no provenance yet when it is first read:
+it is checked then as the online path checks a reply (:func:`~rtune.oracle.guided_http.
+check_reply`; a JSON reply mapped back into the marked text) and stored as that path stores it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..guided import NAMESPACE as GUIDED
+from ..text import repair_text
 from .base import ChatRequest, ChatResult
 from .engine import Engine
+from .guided_http import batch_flavor, check_reply
 
 
 class Deferred(Exception):
@@ -39,6 +46,17 @@ class DeferringEngine(Engine):
         self.route = route
         self.answered = answered
         self.deferred = 0
+
+    async def complete(self, request: ChatRequest, *, stage: str | None = None) -> ChatResult:
+        result = await super().complete(request, stage=stage)
+        spec = request.guided
+        if spec is not None and result.cached and "guided" not in result.extra:
+            check_reply(spec, batch_flavor(spec.mode), result)
+            result.text = repair_text(result.text)[0]
+            if self.store is not None:
+                self.store.revise_call(request.key(), result.text, GUIDED,
+                                       result.extra["guided"])
+        return result
 
     async def _call_once(self, request: ChatRequest, key: str,
                          stage: str | None) -> ChatResult:

@@ -13,6 +13,10 @@ its reply is used). A field is ignored when a complete reply (finish reason ``st
 the shape, which a server applying it cannot write. Both are detected once; later calls go
 straight to the next field, or unguided when none is left, and every call's provenance says
 which field carried it, or why none did.
+
+Batch lines (the Batch API, an offline engine's batch runner) reach no server that could be
+probed: each carries one field (:func:`batch_flavor`), and each reply is checked on its own
+(:func:`check_reply`) when it is read.
 """
 
 from __future__ import annotations
@@ -47,6 +51,38 @@ FLAVORS = {
                 Flavor("guided_grammar", "grammar", lambda s: {"guided_grammar": gbnf(s)})),
     "json": (Flavor("response_format", "json", lambda s: {"response_format": response_format(s)}),),
 }
+
+
+def batch_flavor(mode: str) -> Flavor:
+    """The field batch lines carry for the ``--guided`` ``mode``: nothing can be probed, so
+    auto is the JSON schema (OpenAI's Batch API and vLLM's batch runner both take it); regex
+    and grammar are vLLM's fields."""
+    return FLAVORS["json" if mode == "auto" else mode][0]
+
+
+def check_reply(spec: GuidedSpec, flavor: Flavor, result: ChatResult, *,
+                trusted: bool = False, note: str | None = None) -> str:
+    """Check a reply that ``flavor`` carried against the shape (a JSON reply is mapped back
+    into the marked text) and record its provenance. Returns ``ok``; ``ignored`` when a
+    complete reply is not in the shape (recorded unguided); else ``cut``. ``trusted``: the
+    server applied the field before, so a regex or grammar reply is not checked, and one not
+    in the shape counts as cut."""
+    if flavor.mode == "json":
+        marked = from_json(spec.shape, result.text)
+        ok = marked is not None
+        if marked is not None:
+            result.text = marked
+    else:
+        ok = trusted or conforms(spec.shape, result.text)
+    if not ok and result.finish_reason == "stop" and not trusted:
+        why = f"the server ignored {flavor.name}"
+        result.extra["guided"] = provenance(spec.mode, None, flavor.name,
+                                            "; ".join(filter(None, [note, why])))
+        return "ignored"
+    if not ok:
+        note = "; ".join(filter(None, [note, "reply cut before it was complete"]))
+    result.extra["guided"] = provenance(spec.mode, flavor.mode, flavor.name, note)
+    return "ok" if ok else "cut"
 
 
 class GuidedEndpoint:
@@ -112,22 +148,9 @@ class GuidedEndpoint:
             result.extra["guided"] = provenance(spec.mode, None, note=note or
                                                 f"no guided field left to try ({left})")
             return
-        key = flavor.name
-        if flavor.mode == "json":
-            marked = from_json(spec.shape, result.text)
-            ok = marked is not None
-            if ok:
-                result.text = marked
-        else:
-            ok = self.state.get(key) == "accepted" or conforms(spec.shape, result.text)
-        if ok:
-            self.state[key] = "accepted"
-        elif result.finish_reason == "stop" and self.state.get(key) != "accepted":
-            self.state[key] = "refused: ignored (a complete reply was not in the shape)"
-            why = f"the server ignored {flavor.name}"
-            result.extra["guided"] = provenance(spec.mode, None, flavor.name,
-                                                "; ".join(filter(None, [note, why])))
-            return
-        elif not ok:
-            note = "; ".join(filter(None, [note, "reply cut before it was complete"]))
-        result.extra["guided"] = provenance(spec.mode, flavor.mode, flavor.name, note)
+        verdict = check_reply(spec, flavor, result, note=note,
+                              trusted=self.state.get(flavor.name) == "accepted")
+        if verdict == "ok":
+            self.state[flavor.name] = "accepted"
+        elif verdict == "ignored":
+            self.state[flavor.name] = "refused: ignored (a complete reply was not in the shape)"

@@ -13,6 +13,14 @@ marker follows. Texts have no length limit, so a row that never wants to end is 
 token budget, as unguided. In the llguidance form no text may hold a marker of its shape, so a
 marker the grammar allows is always the structural one; of several, the furthest is written (the
 end of the thinking rather than another reflection).
+
+A small model, greedy, often never wants to end: it repeats a sentence until the budget runs out.
+With a ``loop_guard`` of N characters, a text whose last N characters or more (and at least one
+whole period) repeat verbatim the ones just before them (:mod:`~rtune.oracle.loop_guard`) is
+ended there as if the model had ended it: the next marker is written (or the reply ends, after
+its last text), and the repeated copies are dropped from the reply
+(:meth:`GrammarProcessor.kept`; their tokens stay counted as generated). This is not a length
+limit: a text that does not repeat itself runs to the token budget, and is flagged as cut there.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 from ..extras import require
 from ..guided import GuidedSpec, bridges
 from ..guided_forms import json_schema, lark, regex
+from .loop_guard import LoopWatch
 
 ENGINE = "llguidance"
 # llguidance stops a matcher whose lexer spends more than its fuel on one token's mask (default
@@ -56,8 +65,16 @@ class LocalGuide:
         self._grammars: dict[GuidedSpec, str] = {}
         self._bridges: dict[GuidedSpec, list[list[list[int]]]] = {}
         self._warm: dict[GuidedSpec, Any] = {}  # a matcher at the start, its lexer states built
+        self._pieces: dict[int, str] = {}
         self.limits = llg.LLParserLimits(step_lexer_fuel=STEP_FUEL,
                                          initial_lexer_fuel=5 * STEP_FUEL)
+
+    def piece(self, token: int) -> str:
+        """One token's text (for the loop guard)."""
+        text = self._pieces.get(token)
+        if text is None:
+            text = self._pieces[token] = self.hf.decode([token])
+        return text
 
     def grammar(self, spec: GuidedSpec) -> str:
         """The compiled grammar of ``spec`` (compiled once per spec)."""
@@ -127,6 +144,10 @@ class GrammarProcessor:
         self.errors: dict[int, str] = {}
         self.forced: dict[int, list[int]] = {}  # a marker being written: its tokens to come
         self.bridged = [0] * len(matchers)  # markers written where the model ended a text
+        self.watches = [None if s is None or not s.loop_guard or s.mode == "json"
+                        else LoopWatch(s.loop_guard, guide.piece) for s in specs]
+        self.drops: list[list[tuple[int, int]]] = [[] for _ in matchers]  # (from, to) dropped
+        self.looped = [0] * len(matchers)  # texts ended by the loop guard
 
     def finish(self) -> None:
         """After the batch: keep one matcher per grammar warm for the next batches."""
@@ -156,6 +177,7 @@ class GrammarProcessor:
             rows = self._live()
             if not rows:
                 return scores
+        looping = self._looping(rows, input_ids)
         best = scores[rows].argmax(dim=-1).tolist()
         self.executor.unsafe_compute_mask_ptr(
             [(self.matchers[i], i) for i in rows], self.bits.ctypes.data, self.words * 4,
@@ -163,8 +185,12 @@ class GrammarProcessor:
         allowed = np.unpackbits(self.bits[rows].view(np.uint8), axis=1, bitorder="little")
         for k, i in enumerate(rows):
             token = self.forced[i][0] if self.forced.get(i) else None
-            if token is None and best[k] in self.guide.eos and not any(
-                    allowed[k, e] for e in self.guide.eos if e < allowed.shape[1]):
+            ends = [e for e in self.guide.eos if e < allowed.shape[1] and allowed[k, e]]
+            if token is None and i in looping:
+                token = ends[0] if ends else self._forced(i)
+                if token is not None:
+                    self._drop(i, looping[i])
+            elif token is None and best[k] in self.guide.eos and not ends:
                 token = self._forced(i)
             if token is not None:
                 allowed[k] = 0
@@ -175,6 +201,35 @@ class GrammarProcessor:
         index = torch.tensor(rows, device=scores.device)
         scores[index] = scores[index].masked_fill(mask.to(scores.device), float("-inf"))
         return scores
+
+    def _looping(self, rows: list[int], input_ids: Any) -> dict[int, int]:
+        """The rows whose text repeats itself now: row -> tokens so far."""
+        out = {}
+        n = input_ids.shape[1] - self.width
+        for i in rows:
+            watch = self.watches[i]
+            if watch is None or n == 0:
+                continue
+            if watch.push(int(input_ids[i, -1])) and not self.forced.get(i):
+                out[i] = n
+        return out
+
+    def _drop(self, row: int, n: int) -> None:
+        """Drop the repeated copies of a loop from the reply (``n`` tokens so far), keep one,
+        and watch afresh."""
+        watch = self.watches[row]
+        assert watch is not None
+        self.drops[row].append((n - len(watch.ends) + watch.keep(), n))
+        self.looped[row] += 1
+        watch.restart()
+
+    def kept(self, row: int, tokens: list[int]) -> list[int]:
+        """``tokens`` (the row's reply) less the repeated copies its loop guard dropped."""
+        out, at = [], 0
+        for start, end in self.drops[row]:
+            out += tokens[at:start]
+            at = end
+        return out + tokens[at:]
 
     def _forced(self, row: int) -> int | None:
         """The first token of the furthest marker the grammar allows here, or None."""
@@ -188,3 +243,4 @@ class GrammarProcessor:
                     self.bridged[row] += 1
                     return tokens[0]
         return None
+

@@ -44,7 +44,7 @@ class GenerationOutput:
     tokens_out: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     token_ids: list[int] = field(default_factory=list)
-    guided: dict[str, str] | None = None  # how the row was guided (None: not asked to be)
+    guided: dict[str, Any] | None = None  # how the row was guided (None: not asked to be)
 
 
 class LocalBackend:
@@ -159,7 +159,8 @@ class LocalBackend:
             results = []
             for i, row in enumerate(out[:, width:].tolist()):
                 n, reason = rows.done[i] or (len(row), "length")
-                text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
+                kept = row[:n] if grammar is None else grammar.kept(i, row[:n])
+                text = self.tokenizer.decode(kept, skip_special_tokens=True)
                 cut = _first_stop(text, stops[i])
                 if cut is not None:
                     text, reason = text[:cut], "stop"
@@ -305,7 +306,7 @@ class _Cancelled(StoppingCriteria):
 
 
 def _guided_text(spec: GuidedSpec, text: str, grammar: Any,
-                 row: int) -> tuple[str, dict[str, str]]:
+                 row: int) -> tuple[str, dict[str, Any]]:
     """A guided row's text (a JSON reply mapped to the marked text) and its provenance."""
     from .guided_local import ENGINE
 
@@ -317,7 +318,7 @@ def _guided_text(spec: GuidedSpec, text: str, grammar: Any,
             text = marked
         else:
             note = note or "the JSON reply is incomplete (cut at max tokens)"
-    return text, provenance(spec.mode, used, ENGINE, note)
+    return text, provenance(spec.mode, used, ENGINE, note, grammar.looped[row])
 
 
 def _first_stop(text: str, stops: tuple[str, ...] | None) -> int | None:
