@@ -260,11 +260,12 @@ def bridges(shape: Shape) -> list[tuple[str, ...]]:
 def guided_extra(guided: dict[str, Any] | None, cut: bool) -> dict[str, Any]:
     """A candidate's ``extra`` about its reply: the form that guided it (``off``: none),
     whether it was cut at max tokens, and how many of its texts the loop guard ended."""
-    out: dict[str, Any] = {"guided": (guided or {}).get("used", "off")}
+    guided = guided or {}
+    out: dict[str, Any] = {"guided": guided.get("used", "off")}
     if cut:
         out["cut"] = True
-    if (guided or {}).get("looped"):
-        out["looped"] = int(guided["looped"])  # type: ignore[index]
+    if guided.get("looped"):
+        out["looped"] = int(guided["looped"])
     return out
 
 

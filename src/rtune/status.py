@@ -21,7 +21,6 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         total_sources = sum(sources.values())
         ledger = Ledger(store, writable=False)
         by_guided = store.candidate_counts_by_guided()
-        looped = store.looped_counts()
         stages = {}
         for stage in config.get("stages", []):
             kind = STAGE_KIND.get(stage, stage)
@@ -30,8 +29,7 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
             parsed = by_status.get("ok", 0)
             stages[stage] = {"kind": kind, "done": done, "by_status": by_status,
                              "parse_success_rate": parsed / done if done else None,
-                             "guided": guided_split(by_guided.get(kind, {}),
-                                                    looped.get(kind, {}))}
+                             "guided": guided_split(by_guided.get(kind, {}))}
         return {
             "run_dir": str(run_dir), "input": store.get_meta("input"),
             "oracle": config.get("oracle"), "model": config.get("model") or None,
@@ -47,16 +45,15 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         }
 
 
-def guided_split(forms: dict[str, dict[str, int]],
-                 looped: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+def guided_split(forms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Parse success of a stage's candidates per guided form (``off``: unguided), and how many
     had a repeating text ended by the loop guard."""
     out = {}
-    for form, by_status in sorted(forms.items()):
-        done = sum(by_status.values())
-        ok = by_status.get("ok", 0)
+    for form, counts in sorted(forms.items()):
+        done = sum(counts["by_status"].values())
+        ok = counts["by_status"].get("ok", 0)
         out[form] = {"done": done, "ok": ok, "parse_success_rate": ok / done if done else None,
-                     "looped": (looped or {}).get(form, 0)}
+                     "looped": counts["looped"]}
     return out
 
 

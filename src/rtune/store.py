@@ -478,24 +478,18 @@ class RunStore:
             out.setdefault(kind, {})[status] = n
         return out
 
-    def candidate_counts_by_guided(self) -> dict[str, dict[str, dict[str, int]]]:
+    def candidate_counts_by_guided(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Candidates per kind, per guided form of their reply (``extra.guided``; ``off``
-        when unguided or made before it was recorded), per parse status."""
-        out: dict[str, dict[str, dict[str, int]]] = {}
-        for kind, form, status, n in self.db.execute(
+        when unguided or made before it was recorded): ``by_status`` (per parse status) and
+        ``looped`` (replies with a text the loop guard ended, ``extra.looped``)."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for kind, form, status, n, looped in self.db.execute(
                 "SELECT kind, COALESCE(json_extract(data, '$.extra.guided'), 'off'), status, "
-                "COUNT(*) FROM candidates WHERE kind != 'orig' GROUP BY 1, 2, 3"):
-            out.setdefault(kind, {}).setdefault(form, {})[status] = n
-        return out
-
-    def looped_counts(self) -> dict[str, dict[str, int]]:
-        """Candidates per kind and guided form whose reply had a text ended by the loop guard
-        (``extra.looped``)."""
-        out: dict[str, dict[str, int]] = {}
-        for kind, form, n in self.db.execute(
-                "SELECT kind, COALESCE(json_extract(data, '$.extra.guided'), 'off'), COUNT(*) "
-                "FROM candidates WHERE json_extract(data, '$.extra.looped') > 0 GROUP BY 1, 2"):
-            out.setdefault(kind, {})[form] = n
+                "COUNT(*), SUM(COALESCE(json_extract(data, '$.extra.looped'), 0) > 0) "
+                "FROM candidates WHERE kind != 'orig' GROUP BY 1, 2, 3"):
+            row = out.setdefault(kind, {}).setdefault(form, {"by_status": {}, "looped": 0})
+            row["by_status"][status] = n
+            row["looped"] += looped
         return out
 
     def fallback_reasons(self) -> dict[str, int]:

@@ -147,7 +147,6 @@ class GrammarProcessor:
         self.watches = [None if s is None or not s.loop_guard or s.mode == "json"
                         else LoopWatch(s.loop_guard, guide.piece) for s in specs]
         self.drops: list[list[tuple[int, int]]] = [[] for _ in matchers]  # (from, to) dropped
-        self.looped = [0] * len(matchers)  # texts ended by the loop guard
 
     def finish(self) -> None:
         """After the batch: keep one matcher per grammar warm for the next batches."""
@@ -177,7 +176,8 @@ class GrammarProcessor:
             rows = self._live()
             if not rows:
                 return scores
-        looping = self._looping(rows, input_ids)
+        n = input_ids.shape[1] - self.width  # tokens generated so far
+        looping = self._looping(rows, input_ids) if n else set()
         best = scores[rows].argmax(dim=-1).tolist()
         self.executor.unsafe_compute_mask_ptr(
             [(self.matchers[i], i) for i in rows], self.bits.ctypes.data, self.words * 4,
@@ -189,7 +189,7 @@ class GrammarProcessor:
             if token is None and i in looping:
                 token = ends[0] if ends else self._forced(i)
                 if token is not None:
-                    self._drop(i, looping[i])
+                    self._drop(i, n)
             elif token is None and best[k] in self.guide.eos and not ends:
                 token = self._forced(i)
             if token is not None:
@@ -202,16 +202,13 @@ class GrammarProcessor:
         scores[index] = scores[index].masked_fill(mask.to(scores.device), float("-inf"))
         return scores
 
-    def _looping(self, rows: list[int], input_ids: Any) -> dict[int, int]:
-        """The rows whose text repeats itself now: row -> tokens so far."""
-        out = {}
-        n = input_ids.shape[1] - self.width
+    def _looping(self, rows: list[int], input_ids: Any) -> set[int]:
+        """The rows whose text repeats itself now (each watch takes the row's last token)."""
+        out = set()
         for i in rows:
             watch = self.watches[i]
-            if watch is None or n == 0:
-                continue
-            if watch.push(int(input_ids[i, -1])) and not self.forced.get(i):
-                out[i] = n
+            if watch is not None and watch.push(int(input_ids[i, -1])) and not self.forced.get(i):
+                out.add(i)
         return out
 
     def _drop(self, row: int, n: int) -> None:
@@ -220,8 +217,11 @@ class GrammarProcessor:
         watch = self.watches[row]
         assert watch is not None
         self.drops[row].append((n - len(watch.ends) + watch.keep(), n))
-        self.looped[row] += 1
         watch.restart()
+
+    def looped(self, row: int) -> int:
+        """How many of the row's texts the loop guard ended."""
+        return len(self.drops[row])
 
     def kept(self, row: int, tokens: list[int]) -> list[int]:
         """``tokens`` (the row's reply) less the repeated copies its loop guard dropped."""

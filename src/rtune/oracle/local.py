@@ -318,7 +318,7 @@ def _guided_text(spec: GuidedSpec, text: str, grammar: Any,
             text = marked
         else:
             note = note or "the JSON reply is incomplete (cut at max tokens)"
-    return text, provenance(spec.mode, used, ENGINE, note, grammar.looped[row])
+    return text, provenance(spec.mode, used, ENGINE, note, grammar.looped(row))
 
 
 def _first_stop(text: str, stops: tuple[str, ...] | None) -> int | None:
